@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""The two commands of the README on a fresh machine with only Python 3.11+.
+
+    python3 dev.py run     # make .venv, install fleetd, run it on examples/fleet.yaml
+    python3 dev.py test    # make .venv, install fleetd[dev], run ruff, mypy, import-linter and pytest
+
+Each creates the virtual environment in ``.venv`` when it is missing and reinstalls only when
+``pyproject.toml`` changed. ``python3 dev.py bench`` runs the benchmarks under ``bench/``.
+Extra arguments after ``test`` go to pytest (``python3 dev.py test -k manifest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+EXAMPLE = "examples/fleet.yaml"
+
+
+def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs under whatever python3 the machine has
+        sys.stderr.write(
+            f"fleetd needs Python 3.11 or newer; this is {sys.version.split()[0]}. "
+            "Run this script with python3.11 (or newer).\n"
+        )
+        return 1
+    command, rest = (argv[0], argv[1:]) if argv else ("help", [])
+    if command == "run":
+        return run(rest)
+    if command == "test":
+        return test(rest)
+    if command == "bench":
+        return bench(rest)
+    sys.stdout.write(__doc__ or "")
+    return 0 if command in ("help", "-h", "--help") else 1
+
+
+def run(args: list[str]) -> int:
+    """Validate the example fleet and show the desired state it resolves to."""
+    ensure_venv(dev=False)
+    paths = args or [EXAMPLE]
+    code = call([str(BIN / "fleetd"), "validate", *paths])
+    if code != 0:
+        return code
+    return call([str(BIN / "fleetd"), "inspect", *paths])
+
+
+def test(pytest_args: list[str]) -> int:
+    """Static checks, then the test suite; stops at the first failing stage."""
+    ensure_venv(dev=True)
+    stages: list[tuple[str, list[str]]] = [
+        ("ruff check", [str(BIN / "ruff"), "check", "."]),
+        ("ruff format", [str(BIN / "ruff"), "format", "--check", "."]),
+        ("mypy --strict", [str(BIN / "mypy")]),
+        ("import-linter", [str(BIN / "lint-imports")]),
+        ("schema is current", [str(BIN / "fleetd"), "schema", "--check", "schemas/fleet.schema.json"]),
+        ("pytest", [str(BIN / "python"), "-m", "pytest", *pytest_args]),
+    ]
+    for name, command in stages:
+        sys.stdout.write(f"\n== {name}\n")
+        sys.stdout.flush()
+        code = call(command)
+        if code != 0:
+            sys.stderr.write(f"\n{name} failed (exit {code})\n")
+            return code
+    return 0
+
+
+def bench(args: list[str]) -> int:
+    ensure_venv(dev=True)
+    scripts = sorted((ROOT / "bench").glob("*.py")) if not args else [ROOT / a for a in args]
+    for script in scripts:
+        sys.stdout.write(f"\n== {script.relative_to(ROOT)}\n")
+        sys.stdout.flush()
+        code = call([str(BIN / "python"), str(script)])
+        if code != 0:
+            return code
+    return 0
+
+
+def ensure_venv(*, dev: bool) -> None:
+    python = BIN / "python"
+    if not python.exists():
+        sys.stdout.write(f"creating {VENV.relative_to(ROOT)} with {sys.executable}\n")
+        sys.stdout.flush()
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    target = ".[dev]" if dev else "."
+    stamp = VENV / ".fleetd-install"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + target.encode()).hexdigest()
+    installed = stamp.read_text().split() if stamp.exists() else []
+    if wanted in installed:
+        return
+    sys.stdout.write(
+        f"installing fleetd ({target}) into {VENV.relative_to(ROOT)}; the first time takes a minute\n"
+    )
+    sys.stdout.flush()
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip", "setuptools", "wheel"], check=True, cwd=ROOT)
+    subprocess.run([*pip, "--editable", target], check=True, cwd=ROOT)
+    stamp.write_text("\n".join([*installed, wanted]) + "\n")
+
+
+def call(command: list[str]) -> int:
+    return subprocess.run(command, cwd=ROOT, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,158 @@
+"""The typer application: ``fleetd validate``, ``schema``, ``inspect`` and ``version``.
+
+Exit codes follow DESIGN.md section 5: 0 valid / nothing to do, 1 error or invalid, 2 changes pending
+(plan). Usage errors exit 1 too, so that CI never mistakes a typo in a flag for "changes pending".
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="fleetd",
+    help="Keep a fleet of self-hosted LLM inference servers in the state that fleet.yaml declares.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+PathsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
+    ),
+]
+
+
+class ValidateFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+
+
+class InspectFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    YAML = "yaml"
+
+
+@app.command()
+def validate(
+    paths: PathsArg = None,
+    output_format: Annotated[ValidateFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        ValidateFormat.TEXT
+    ),
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
+) -> None:
+    """Check a manifest: YAML, schema and semantics. Exit 0 when valid (warnings allowed), 1 when not."""
+    from fleetd.cli.diagnostics_output import render_github, render_json, render_text
+    from fleetd.manifest.loading import load_manifest
+
+    loaded = load_manifest(paths or [Path("fleet.yaml")])
+    valid = loaded.valid and not (strict and loaded.warnings)
+    summary = _summary(
+        loaded.paths or [str(p) for p in paths or [Path("fleet.yaml")]],
+        len(loaded.errors),
+        len(loaded.warnings),
+        valid,
+    )
+    if output_format is ValidateFormat.JSON:
+        out = render_json(loaded.diagnostics, valid)
+    elif output_format is ValidateFormat.GITHUB:
+        out = render_github(loaded.diagnostics, summary)
+    else:
+        out = render_text(loaded.diagnostics, {f.name: f.text for f in loaded.files}, summary)
+    sys.stdout.write(out)
+    raise typer.Exit(EXIT_OK if valid else EXIT_ERROR)
+
+
+@app.command()
+def schema(
+    check: Annotated[
+        Path | None,
+        typer.Option("--check", help="Compare with this file instead of printing; exit 1 when it differs."),
+    ] = None,
+) -> None:
+    """Print the manifest's JSON Schema (committed at schemas/fleet.schema.json)."""
+    from fleetd.manifest.schema import schema_text
+
+    text = schema_text()
+    if check is None:
+        sys.stdout.write(text)
+        return
+    current = check.read_text(encoding="utf-8") if check.exists() else ""
+    if current != text:
+        sys.stderr.write(f"{check} is out of date; regenerate it with: fleetd schema > {check}\n")
+        raise typer.Exit(EXIT_ERROR)
+    sys.stdout.write(f"{check} is up to date\n")
+
+
+@app.command()
+def inspect(
+    paths: PathsArg = None,
+    output_format: Annotated[InspectFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        InspectFormat.TEXT
+    ),
+) -> None:
+    """Show the desired state a valid manifest resolves to: defaults merged, units resolved, secrets redacted."""
+    from fleetd.cli.desired_output import render_desired_json, render_desired_text
+    from fleetd.cli.diagnostics_output import render_text
+    from fleetd.manifest.dumping import dump_manifest
+    from fleetd.manifest.loading import load_manifest
+
+    loaded = load_manifest(paths or [Path("fleet.yaml")])
+    if loaded.desired is None or loaded.manifest is None:
+        summary = _summary(loaded.paths, len(loaded.errors), len(loaded.warnings), False)
+        sys.stderr.write(render_text(loaded.diagnostics, {f.name: f.text for f in loaded.files}, summary))
+        raise typer.Exit(EXIT_ERROR)
+    if output_format is InspectFormat.JSON:
+        sys.stdout.write(render_desired_json(loaded.desired, loaded.paths))
+    elif output_format is InspectFormat.YAML:
+        sys.stdout.write(dump_manifest(loaded.manifest))
+    else:
+        sys.stdout.write(render_desired_text(loaded.desired, loaded.paths))
+
+
+@app.command()
+def version() -> None:
+    """Print fleetd's version."""
+    from fleetd import __version__
+
+    sys.stdout.write(f"fleetd {__version__}\n")
+
+
+def _summary(paths: list[str] | tuple[str, ...], errors: int, warnings: int, valid: bool) -> str:
+    where = ", ".join(paths) if paths else "manifest"
+    counts = f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
+    return f"{where}: {'valid' if valid else 'invalid'} ({counts})"
+
+
+def main() -> None:
+    """Console-script entry point.
+
+    Runs typer outside its standalone mode so that usage errors (exit 2 in click) become exit 1: exit 2 means
+    "changes pending" to CI. Click's exceptions are matched by shape because typer may vendor its own click.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("Aborted.\n")
+        sys.exit(EXIT_ERROR)
+    except BrokenPipeError:
+        sys.exit(EXIT_OK)
+    except Exception as exc:
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if not callable(show) or not isinstance(exit_code, int):
+            raise
+        show()
+        sys.exit(EXIT_ERROR if exit_code in (1, 2) else exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,94 @@
+"""``load_manifest(paths)``: the whole manifest pipeline, collecting every diagnostic on the way.
+
+Each stage runs as far as the previous one allows: YAML errors of one file do not hide the schema errors of
+another; semantic checks run once every file passes the schema (they need the merged manifest). The result
+says whether the manifest is valid and, when it is, carries the ``DesiredState``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from fleetd.core.desired import DesiredState
+from fleetd.core.diagnostics import Diagnostic, Severity, has_errors, sorted_diagnostics
+from fleetd.manifest.merging import duplicate_definitions, index_sources, merge_manifests
+from fleetd.manifest.models import Manifest
+from fleetd.manifest.reading import ManifestFile, read_manifest_files
+from fleetd.manifest.resolving import resolve
+from fleetd.manifest.schema_errors import schema_diagnostics
+from fleetd.manifest.semantics import check_semantics
+from fleetd.manifest.yaml_source import ParsedYaml, parse_yaml
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedManifest:
+    """What loading found: the files read, every diagnostic, and (when valid) the merged manifest and state."""
+
+    files: tuple[ManifestFile, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    manifest: Manifest | None = None
+    desired: DesiredState | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.desired is not None
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.WARNING)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.files)
+
+
+def load_manifest(paths: Sequence[str | Path]) -> LoadedManifest:
+    """Read, parse, validate, merge, check and resolve the manifest at ``paths`` (files or directories)."""
+    files, diagnostics = read_manifest_files(paths)
+    return _load(files, diagnostics)
+
+
+def load_manifest_text(text: str, name: str = "fleet.yaml") -> LoadedManifest:
+    """Load a manifest held in memory (tests, and plans that carry their manifest)."""
+    return _load([ManifestFile(name, text, "")], [])
+
+
+def _load(files: list[ManifestFile], diagnostics: list[Diagnostic]) -> LoadedManifest:
+    parsed: list[ParsedYaml] = []
+    for file in files:
+        doc, problems = parse_yaml(file.text, file.name)
+        diagnostics.extend(problems)
+        if doc is not None:
+            parsed.append(doc)
+    diagnostics.extend(duplicate_definitions(parsed))
+    models: list[Manifest] = []
+    for doc in parsed:
+        if not isinstance(doc.data, dict):
+            diagnostics.append(
+                Diagnostic(
+                    Severity.ERROR,
+                    "a manifest is a mapping of sections (version, backends, instances, ...)",
+                    (),
+                    doc.source.locate(()),
+                )
+            )
+            continue
+        try:
+            models.append(Manifest.model_validate(doc.data))
+        except ValidationError as exc:
+            diagnostics.extend(schema_diagnostics(exc, doc.source))
+    manifest = desired = None
+    if not has_errors(diagnostics) and models:
+        manifest = merge_manifests(models)
+        diagnostics.extend(check_semantics(manifest, index_sources(parsed)))
+        if not has_errors(diagnostics):
+            desired = resolve(manifest)
+    return LoadedManifest(tuple(files), sorted_diagnostics(diagnostics), manifest if desired else None, desired)
