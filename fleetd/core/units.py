@@ -21,9 +21,10 @@ _SIZE_UNITS: dict[str, int] = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_SIZE_FULL = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]|[bB])")
+# [0-9], not \d: Python's \d also matches other scripts' digits ("١٢s", "²"), which JSON Schema's \d does not.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_DURATION_FULL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d))+")
+_SIZE_FULL = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]i?[bB]|[bB])")
 
 DURATION_PATTERN = r"^\s*(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+\s*$"
 SIZE_PATTERN = r"^\s*\d+(?:\.\d+)?\s*(?:[kKmMgGtT]i?[bB]|[bB])\s*$"
@@ -48,7 +49,7 @@ def parse_duration_ms(value: str | int, *, bare_unit_ms: int = 1000) -> int:
             raise UnitError(f"a duration cannot be negative, got {value}")
         return _bounded_duration(value * bare_unit_ms)
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return _bounded_duration(int(text) * bare_unit_ms)
     if not _DURATION_FULL.fullmatch(text):
         raise UnitError(
@@ -69,7 +70,7 @@ def parse_size_bytes(value: str | int) -> int:
             raise UnitError(f"a size cannot be negative, got {value}")
         return _bounded_size(value)
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return _bounded_size(int(text))
     match = _SIZE_FULL.fullmatch(text)
     if not match:

