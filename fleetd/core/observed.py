@@ -1,0 +1,130 @@
+"""The observed state: what the registry, agent reports and probes say the fleet looks like now.
+
+This is the planner's second input and the format of ``fleetd status --format json`` / ``plan --observed``
+(DESIGN.md section 5). ``fingerprint`` hashes exactly what a plan depends on, so that a saved plan can be
+refused as stale when any of it changed, and only then.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from fleetd.core.canonical import digest
+from fleetd.core.desired import Labels
+
+
+class NodeStatus(enum.StrEnum):
+    REGISTERING = "registering"
+    PENDING = "pending"
+    """Registered, waiting for approval (by the manifest or a person)."""
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    """Missed heartbeats; replicas stay where they are until the node is declared lost."""
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+class ReplicaState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedNode:
+    """A node as last reported. ``available_vram`` is what the node reports free (it already excludes the
+    VRAM of replicas running there); ``reserved_vram`` is held by loads still in flight."""
+
+    name: str
+    status: NodeStatus
+    labels: Labels = ()
+    gpu_vendor: str = "none"
+    total_vram: int = 0
+    available_vram: int = 0
+    reserved_vram: int = 0
+    total_ram: int = 0
+    available_ram: int = 0
+    max_replicas_per_model: int = 1
+    backends: tuple[str, ...] = ()
+    approved: bool = False
+
+    @property
+    def free_vram(self) -> int:
+        """What a new placement may use: reported free minus what in-flight loads reserved."""
+        return max(0, self.available_vram - self.reserved_vram)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedReplica:
+    """One replica process of an instance on a node."""
+
+    instance: str
+    node: str
+    replica: int
+    state: ReplicaState
+    address: str | None = None
+    config_hash: str = ""
+    vram_bytes: int = 0
+    in_flight: int = 0
+    last_used: str | None = None
+    """ISO 8601 UTC timestamp of the last request, or ``None`` when it never served one."""
+    restarts: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulingRecord:
+    """Placement hysteresis of one instance: consecutive ticks it could not be placed, and the cooldown."""
+
+    instance: str
+    unsatisfiable_ticks: int = 0
+    cooldown_until: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState:
+    """Nodes, replicas and scheduling records, each sorted by identity."""
+
+    nodes: tuple[ObservedNode, ...] = ()
+    replicas: tuple[ObservedReplica, ...] = ()
+    scheduling: tuple[SchedulingRecord, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of the structure plans are made on; live readings are left out.
+
+        Included: each node's identity, status, approval, labels, backends, slots, GPU vendor and total VRAM;
+        each replica's identity, state, address and config hash; the scheduling records. Left out: free VRAM
+        and RAM, reservations, in-flight counts, last use, restart counts and errors. Those change with every
+        heartbeat, so a saved plan would always be stale; instead the executor re-checks capacity atomically
+        (VRAM reservations) when it applies, so a plan made on older readings can fail a step but never
+        over-commit a node.
+        """
+        return digest(
+            (
+                tuple(
+                    (
+                        n.name,
+                        n.status,
+                        n.approved,
+                        n.labels,
+                        n.backends,
+                        n.max_replicas_per_model,
+                        n.gpu_vendor,
+                        n.total_vram,
+                    )
+                    for n in self.nodes
+                ),
+                tuple((r.instance, r.node, r.replica, r.state, r.address, r.config_hash) for r in self.replicas),
+                self.scheduling,
+            )
+        )
+
+    def node(self, name: str) -> ObservedNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def replicas_of(self, instance: str) -> tuple[ObservedReplica, ...]:
+        return tuple(r for r in self.replicas if r.instance == instance)

@@ -1,0 +1,114 @@
+"""``Registry``: an engine and a clock with one short transaction per call, for the executor, agents and daemon.
+
+Callers that must compose several writes into one transaction use the query modules directly with
+``registry.engine.begin()``. ``open_registry`` migrates the schema on start, so a new state dir or database
+just works.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from fleetd.core.observed import NodeStatus, ObservedState
+from fleetd.registry import apply_log, leases, nodes, pending_ops, replicas, reservations
+from fleetd.registry.engine import open_engine, read_only
+from fleetd.registry.migrating import upgrade
+from fleetd.registry.snapshots import snapshot
+
+Clock = Callable[[], int]
+"""Milliseconds since the Unix epoch."""
+
+
+def system_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def open_registry(url: str | None = None, *, clock: Clock = system_clock_ms, migrate: bool = True) -> Registry:
+    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date."""
+    engine = open_engine(url)
+    if migrate:
+        upgrade(engine)
+    return Registry(engine, clock)
+
+
+@dataclass(frozen=True)
+class Registry:
+    engine: Engine
+    clock: Clock = field(default=system_clock_ms)
+
+    def snapshot(self) -> ObservedState:
+        with read_only(self.engine) as conn:
+            return snapshot(conn)
+
+    # nodes
+    def register_node(self, name: str, facts: nodes.NodeFacts, **kwargs: Any) -> NodeStatus:
+        with self.engine.begin() as conn:
+            return nodes.register(conn, name, facts, now_ms=self.clock(), **kwargs)
+
+    def approve_node(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            nodes.approve(conn, name, now_ms=self.clock())
+
+    def heartbeat(self, beats: Sequence[nodes.Heartbeat]) -> None:
+        with self.engine.begin() as conn:
+            nodes.heartbeat(conn, beats, now_ms=self.clock())
+
+    def mark_missed_heartbeats(self, *, unhealthy_after_ms: int, offline_after_ms: int) -> tuple[int, int]:
+        with self.engine.begin() as conn:
+            return nodes.mark_missed_heartbeats(
+                conn, now_ms=self.clock(), unhealthy_after_ms=unhealthy_after_ms, offline_after_ms=offline_after_ms
+            )
+
+    def set_draining(self, name: str, draining: bool) -> None:
+        with self.engine.begin() as conn:
+            nodes.set_draining(conn, name, draining, now_ms=self.clock())
+
+    def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        with self.engine.begin() as conn:
+            nodes.set_manifest_labels(conn, name, labels)
+
+    # reservations
+    def reserve(self, node: str, size: int, op_id: str, *, ttl_ms: int) -> reservations.Reservation | None:
+        with self.engine.begin() as conn:
+            return reservations.reserve(conn, node, size, op_id, ttl_ms=ttl_ms, now_ms=self.clock())
+
+    def release(self, op_id: str, *, reason: str = "done") -> bool:
+        with self.engine.begin() as conn:
+            return reservations.release(conn, op_id, now_ms=self.clock(), reason=reason)
+
+    def reclaim_expired(self) -> int:
+        with self.engine.begin() as conn:
+            return reservations.reclaim_expired(conn, now_ms=self.clock())
+
+    # durable intent
+    def record_intent(self, node: str, target: str, op: str, payload: Mapping[str, Any]) -> int:
+        with self.engine.begin() as conn:
+            return pending_ops.record(conn, node, target, op, payload, now_ms=self.clock())
+
+    # replicas
+    def upsert_replica(self, record: replicas.ReplicaRecord) -> None:
+        with self.engine.begin() as conn:
+            replicas.upsert(conn, record, now_ms=self.clock())
+
+    # leases
+    def acquire_lease(self, name: str, holder: str, *, ttl_ms: int) -> int | None:
+        with self.engine.begin() as conn:
+            return leases.acquire(conn, name, holder, ttl_ms=ttl_ms, now_ms=self.clock())
+
+    def renew_lease(self, name: str, holder: str, epoch: int, *, ttl_ms: int) -> bool:
+        with self.engine.begin() as conn:
+            return leases.renew(conn, name, holder, epoch, ttl_ms=ttl_ms, now_ms=self.clock())
+
+    def release_lease(self, name: str, holder: str, epoch: int) -> bool:
+        with self.engine.begin() as conn:
+            return leases.release(conn, name, holder, epoch)
+
+    # apply log
+    def record_apply(self, entry: apply_log.ApplyRecord, *, lease: str | None = None) -> int:
+        with self.engine.begin() as conn:
+            return apply_log.record(conn, entry, lease=lease)

@@ -1,0 +1,256 @@
+"""Node lifecycle in the registry: register, approve, heartbeat (batched), status marks, labels, backends.
+
+Status flow: a new node is ``pending`` until approved (by the manifest's ``approved: true`` through an
+``approve_node`` action, or by a person); an approved node that heartbeats is ``healthy``; missed heartbeats
+make it ``unhealthy`` and later ``offline``; one heartbeat brings it back. A heartbeat refreshes the readings
+(free VRAM and RAM) and never touches ``reserved_vram``: reservations belong to their operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
+
+from fleetd.core.names import AUTO_LABEL_KEYS
+from fleetd.core.observed import NodeStatus
+from fleetd.registry.dialects import insert_for
+from fleetd.registry.tables import node_backends, node_labels, nodes
+
+GIB = 1024**3
+LIVE_STATUSES = (NodeStatus.HEALTHY.value, NodeStatus.UNHEALTHY.value, NodeStatus.OFFLINE.value)
+
+
+class UnknownNode(LookupError):
+    """The node is not registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What an agent reports about its machine."""
+
+    gpu_vendor: str = "none"
+    total_vram: int = 0
+    available_vram: int = 0
+    total_ram: int = 0
+    available_ram: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One node's periodic reading."""
+
+    node: str
+    available_vram: int
+    available_ram: int
+
+
+def register(
+    conn: Connection,
+    name: str,
+    facts: NodeFacts,
+    *,
+    now_ms: int,
+    address: str | None = None,
+    token_hash: str | None = None,
+    max_replicas_per_model: int = 1,
+) -> NodeStatus:
+    """Insert or refresh a node. A new node is ``pending``; a known one keeps its approval and status."""
+    values = {
+        "address": address,
+        "gpu_vendor": facts.gpu_vendor,
+        "total_vram": facts.total_vram,
+        "available_vram": facts.available_vram,
+        "total_ram": facts.total_ram,
+        "available_ram": facts.available_ram,
+        "last_heartbeat_ms": now_ms,
+        "updated_ms": now_ms,
+    }
+    if token_hash is not None:
+        values["token_hash"] = token_hash
+    stmt = insert_for(conn, nodes).values(
+        name=name,
+        status=NodeStatus.PENDING.value,
+        approved=False,
+        reserved_vram=0,
+        max_replicas_per_model=max_replicas_per_model,
+        registered_ms=now_ms,
+        token_hash=token_hash,
+        **{k: v for k, v in values.items() if k != "token_hash"},
+    )
+    conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+    status, slots = conn.execute(
+        select(nodes.c.status, nodes.c.max_replicas_per_model).where(nodes.c.name == name)
+    ).one()
+    _write_auto_labels(conn, name, facts, slots)
+    return NodeStatus(status)
+
+
+def set_max_replicas_per_model(conn: Connection, name: str, slots: int, *, now_ms: int) -> None:
+    """The manifest's ``max_replicas_per_model`` for a node, mirrored in its ``node.replica-slots`` label."""
+    result = conn.execute(
+        update(nodes).where(nodes.c.name == name).values(max_replicas_per_model=slots, updated_ms=now_ms)
+    )
+    if result.rowcount == 0:
+        raise UnknownNode(name)
+    conn.execute(
+        update(node_labels)
+        .where(and_(node_labels.c.node == name, node_labels.c.key == "node.replica-slots"))
+        .values(value=str(slots))
+    )
+
+
+def approve(conn: Connection, name: str, *, now_ms: int) -> None:
+    """Approve a node; a pending one becomes healthy (it registered, so it is alive)."""
+    result = conn.execute(update(nodes).where(nodes.c.name == name).values(approved=True, updated_ms=now_ms))
+    if result.rowcount == 0:
+        raise UnknownNode(name)
+    conn.execute(
+        update(nodes)
+        .where(and_(nodes.c.name == name, nodes.c.status == NodeStatus.PENDING.value))
+        .values(status=NodeStatus.HEALTHY.value)
+    )
+
+
+def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> None:
+    """Record readings of many nodes in one batched statement; unhealthy/offline approved nodes recover.
+
+    Rows are updated in node-name order whatever order the batch came in, so two controllers writing
+    overlapping batches at once lock the rows in the same order and cannot deadlock (on PostgreSQL).
+    """
+    if not beats:
+        return
+    beats = sorted(beats, key=lambda b: b.node)
+    conn.execute(
+        update(nodes)
+        .where(nodes.c.name == bindparam("b_node"))
+        .values(
+            available_vram=bindparam("b_vram"),
+            available_ram=bindparam("b_ram"),
+            last_heartbeat_ms=now_ms,
+            updated_ms=now_ms,
+        ),
+        [{"b_node": b.node, "b_vram": b.available_vram, "b_ram": b.available_ram} for b in beats],
+    )
+    conn.execute(
+        update(nodes)
+        .where(
+            and_(
+                nodes.c.name.in_([b.node for b in beats]),
+                nodes.c.approved.is_(True),
+                nodes.c.status.in_([NodeStatus.UNHEALTHY.value, NodeStatus.OFFLINE.value]),
+            )
+        )
+        .values(status=NodeStatus.HEALTHY.value)
+    )
+
+
+def mark_missed_heartbeats(
+    conn: Connection, *, now_ms: int, unhealthy_after_ms: int, offline_after_ms: int
+) -> tuple[int, int]:
+    """Healthy nodes silent for ``unhealthy_after_ms`` become unhealthy; any live node silent for
+    ``offline_after_ms`` becomes offline. Returns (newly unhealthy, newly offline).
+
+    The rows concerned are locked first in node-name order, the order heartbeats use, so this sweep and a
+    concurrent heartbeat batch cannot deadlock on PostgreSQL.
+    """
+    silent = conn.execute(
+        select(nodes.c.name)
+        .where(
+            and_(
+                nodes.c.status.in_([NodeStatus.HEALTHY.value, NodeStatus.UNHEALTHY.value]),
+                nodes.c.last_heartbeat_ms < now_ms - unhealthy_after_ms,
+            )
+        )
+        .order_by(nodes.c.name)
+        .with_for_update()
+    ).all()
+    if not silent:
+        return 0, 0
+    unhealthy = conn.execute(
+        update(nodes)
+        .where(
+            and_(
+                nodes.c.status == NodeStatus.HEALTHY.value,
+                nodes.c.last_heartbeat_ms < now_ms - unhealthy_after_ms,
+                nodes.c.last_heartbeat_ms >= now_ms - offline_after_ms,
+            )
+        )
+        .values(status=NodeStatus.UNHEALTHY.value, updated_ms=now_ms)
+    ).rowcount
+    offline = conn.execute(
+        update(nodes)
+        .where(
+            and_(
+                nodes.c.status.in_([NodeStatus.HEALTHY.value, NodeStatus.UNHEALTHY.value]),
+                nodes.c.last_heartbeat_ms < now_ms - offline_after_ms,
+            )
+        )
+        .values(status=NodeStatus.OFFLINE.value, updated_ms=now_ms)
+    ).rowcount
+    return unhealthy, offline
+
+
+def set_draining(conn: Connection, name: str, draining: bool, *, now_ms: int) -> None:
+    """Draining stops new placements; undraining returns the node to healthy (the next missed heartbeat
+    check demotes it again if it is silent)."""
+    status = NodeStatus.DRAINING if draining else NodeStatus.HEALTHY
+    result = conn.execute(update(nodes).where(nodes.c.name == name).values(status=status.value, updated_ms=now_ms))
+    if result.rowcount == 0:
+        raise UnknownNode(name)
+
+
+def set_manifest_labels(conn: Connection, name: str, labels: Mapping[str, str]) -> None:
+    """Make the node's manifest labels exactly ``labels``; auto labels stay as they are."""
+    clash = sorted(set(labels) & AUTO_LABEL_KEYS)
+    if clash:
+        raise ValueError(f"labels {', '.join(clash)} are set by fleetd itself and cannot come from the manifest")
+    conn.execute(delete(node_labels).where(and_(node_labels.c.node == name, node_labels.c.source == "manifest")))
+    if labels:
+        conn.execute(
+            node_labels.insert(),
+            [{"node": name, "key": k, "value": v, "source": "manifest"} for k, v in sorted(labels.items())],
+        )
+
+
+def auto_labels(name: str, facts: NodeFacts, max_replicas_per_model: int) -> dict[str, str]:
+    """The labels fleetd sets from what a node reports (``gpu.vram`` rounded to the nearest GiB)."""
+    return {
+        "gpu.vendor": facts.gpu_vendor,
+        "gpu.vram": f"{round(facts.total_vram / GIB)}GiB",
+        "node.name": name,
+        "node.replica-slots": str(max_replicas_per_model),
+    }
+
+
+def _write_auto_labels(conn: Connection, name: str, facts: NodeFacts, max_replicas_per_model: int) -> None:
+    conn.execute(delete(node_labels).where(and_(node_labels.c.node == name, node_labels.c.source == "auto")))
+    conn.execute(
+        node_labels.insert(),
+        [
+            {"node": name, "key": k, "value": v, "source": "auto"}
+            for k, v in auto_labels(name, facts, max_replicas_per_model).items()
+        ],
+    )
+
+
+def set_backend_state(
+    conn: Connection,
+    node: str,
+    backend: str,
+    state: str,
+    *,
+    now_ms: int,
+    version: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Record a backend install's state on a node: ``installing``, ``installed`` or ``failed``."""
+    values = {"state": state, "version": version, "last_error": error, "updated_ms": now_ms}
+    stmt = insert_for(conn, node_backends).values(node=node, backend=backend, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["node", "backend"], set_=values))
+
+
+def remove(conn: Connection, name: str) -> None:
+    """Forget a node (its labels, backends, replicas and reservations go with it)."""
+    conn.execute(delete(nodes).where(nodes.c.name == name))

@@ -1,0 +1,83 @@
+"""Replica rows: one per (instance, node, index), written by the executor and the agents' reports.
+
+``upsert`` is what an agent's report does (state, address, pid, config hash, usage); ``set_state`` moves one
+replica through starting -> running -> unhealthy/stopping/failed; ``remove`` forgets a stopped one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, delete, update
+
+from fleetd.core.observed import ReplicaState
+from fleetd.registry.dialects import insert_for
+from fleetd.registry.tables import replicas
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """What is known of one replica process."""
+
+    instance: str
+    node: str
+    replica: int
+    state: ReplicaState
+    address: str | None = None
+    pid: int | None = None
+    process_start: str | None = None
+    container_id: str | None = None
+    config_hash: str = ""
+    vram_bytes: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    in_flight: int = 0
+    last_used_ms: int | None = None
+
+
+def upsert(conn: Connection, record: ReplicaRecord, *, now_ms: int) -> None:
+    values = {
+        "state": record.state.value,
+        "address": record.address,
+        "pid": record.pid,
+        "process_start": record.process_start,
+        "container_id": record.container_id,
+        "config_hash": record.config_hash,
+        "vram_bytes": record.vram_bytes,
+        "restarts": record.restarts,
+        "last_error": record.last_error,
+        "in_flight": record.in_flight,
+        "last_used_ms": record.last_used_ms,
+        "updated_ms": now_ms,
+    }
+    stmt = insert_for(conn, replicas).values(
+        instance=record.instance, node=record.node, replica=record.replica, **values
+    )
+    conn.execute(stmt.on_conflict_do_update(index_elements=["instance", "node", "replica"], set_=values))
+
+
+def set_state(
+    conn: Connection,
+    instance: str,
+    node: str,
+    replica: int,
+    state: ReplicaState,
+    *,
+    now_ms: int,
+    error: str | None = None,
+) -> bool:
+    result = conn.execute(
+        update(replicas)
+        .where(and_(replicas.c.instance == instance, replicas.c.node == node, replicas.c.replica == replica))
+        .values(state=state.value, last_error=error, updated_ms=now_ms)
+    )
+    return result.rowcount == 1
+
+
+def remove(conn: Connection, instance: str, node: str, replica: int) -> bool:
+    result = conn.execute(
+        delete(replicas).where(
+            and_(replicas.c.instance == instance, replicas.c.node == node, replicas.c.replica == replica)
+        )
+    )
+    return result.rowcount == 1
