@@ -40,6 +40,15 @@ def open_registry(url: str | None = None, *, clock: Clock = system_clock_ms, mig
 class Registry:
     engine: Engine
     clock: Clock = field(default=system_clock_ms)
+    _single_statements: Engine = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # On PostgreSQL a reserve or a release is one atomic statement, so it runs in autocommit: no BEGIN and
+        # COMMIT round trips. On SQLite they are two statements and keep their transaction.
+        single = self.engine
+        if self.engine.dialect.name == "postgresql":
+            single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        object.__setattr__(self, "_single_statements", single)
 
     def snapshot(self) -> ObservedState:
         with read_only(self.engine) as conn:
@@ -74,11 +83,11 @@ class Registry:
 
     # reservations
     def reserve(self, node: str, size: int, op_id: str, *, ttl_ms: int) -> reservations.Reservation | None:
-        with self.engine.begin() as conn:
+        with self._single_statements.begin() as conn:
             return reservations.reserve(conn, node, size, op_id, ttl_ms=ttl_ms, now_ms=self.clock())
 
     def release(self, op_id: str, *, reason: str = "done") -> bool:
-        with self.engine.begin() as conn:
+        with self._single_statements.begin() as conn:
             return reservations.release(conn, op_id, now_ms=self.clock(), reason=reason)
 
     def reclaim_expired(self) -> int:
