@@ -1,4 +1,4 @@
-"""The typer application: ``fleetd validate``, ``schema``, ``inspect`` and ``version``.
+"""The typer application: ``fleetd validate``, ``schema``, ``inspect``, ``plan``, ``db`` and ``version``.
 
 Exit codes follow DESIGN.md section 5: 0 valid / nothing to do, 1 error or invalid, 2 changes pending
 (plan). Usage errors exit 1 too, so that CI never mistakes a typo in a flag for "changes pending".
@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import enum
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from fleetd.core.observed import ObservedState
 
 app = typer.Typer(
     name="fleetd",
@@ -26,6 +30,7 @@ app = typer.Typer(
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_CHANGES = 2
 
 PathsArg = Annotated[
     list[Path] | None,
@@ -45,6 +50,12 @@ class InspectFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
     YAML = "yaml"
+
+
+class PlanFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    MARKDOWN = "markdown"
 
 
 @app.command()
@@ -186,6 +197,119 @@ def _redact_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command("plan")
+def plan_command(
+    paths: PathsArg = None,
+    *,
+    observed_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--observed",
+            help="Plan against this observed-state snapshot (fleetd status --format json) instead of the "
+            "registry; touches no database or network.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Save the plan here, for `fleetd apply FILE`.", show_default=False),
+    ] = None,
+    output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="Output format.")] = PlanFormat.TEXT,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Allow a plan that unloads every running replica.")
+    ] = False,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision",
+            help="The manifest's revision (e.g. a git SHA) to record in the plan.",
+            show_default=False,
+        ),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show what apply would do. Exit 0 when nothing is to do, 2 when changes are pending, 1 on error."""
+    from fleetd.cli.diagnostics_output import render_text as render_diagnostics
+    from fleetd.manifest.loading import load_manifest
+    from fleetd.planning.planfile import dumps_plan
+    from fleetd.planning.planner import PlanPolicy, plan
+    from fleetd.planning.plans import PlanRefused
+    from fleetd.planning.rendering import render_json, render_markdown, render_text
+
+    loaded = load_manifest(paths or [Path("fleet.yaml")])
+    if loaded.desired is None:
+        summary = _summary(
+            loaded.paths or [str(p) for p in paths or [Path("fleet.yaml")]],
+            len(loaded.errors),
+            len(loaded.warnings),
+            False,
+        )
+        sys.stderr.write(render_diagnostics(loaded.diagnostics, {f.name: f.text for f in loaded.files}, summary))
+        raise typer.Exit(EXIT_ERROR)
+    if observed_path is not None:
+        observed = _read_snapshot(observed_path)
+    else:
+        from fleetd.registry.engine import default_database_url
+        from fleetd.registry.facade import open_registry
+
+        with _registry_errors(database_url or default_database_url()):
+            observed = open_registry(database_url).snapshot()
+    try:
+        result = plan(
+            loaded.desired,
+            observed,
+            now_ms=time.time_ns() // 1_000_000,
+            policy=PlanPolicy(allow_empty=allow_empty),
+            revision=revision,
+        )
+    except PlanRefused as exc:
+        hint = "" if "--allow-empty" in str(exc) else "hint: pass --allow-empty to plan it anyway\n"
+        sys.stderr.write(f"error: plan refused: {exc}\n{hint}")
+        raise typer.Exit(EXIT_ERROR) from None
+    renderers = {PlanFormat.TEXT: render_text, PlanFormat.JSON: render_json, PlanFormat.MARKDOWN: render_markdown}
+    sys.stdout.write(renderers[output_format](result, loaded.paths))
+    if out is not None:
+        try:
+            _write_atomically(out, dumps_plan(result, loaded.paths))
+        except OSError as exc:
+            sys.stderr.write(f"error: cannot save the plan to {out}: {exc.strerror or exc}\n")
+            raise typer.Exit(EXIT_ERROR) from None
+        sys.stderr.write(f"Saved the plan to {out}.\n")  # `fleetd apply PLANFILE` arrives with the daemon issue
+    raise typer.Exit(EXIT_OK if result.is_empty else EXIT_CHANGES)
+
+
+def _read_snapshot(path: Path) -> ObservedState:
+    """An observed-state snapshot from a file; any problem is one line naming the file (and JSON path), exit 1."""
+    from fleetd.planning.observed_json import SnapshotError, loads_observed
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        sys.stderr.write(f"error: cannot read the observed snapshot {path}: {reason}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+    try:
+        return loads_observed(text)
+    except SnapshotError as exc:
+        sys.stderr.write(f"error: observed snapshot {path}: {exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: a reader never sees half a plan."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @app.command()

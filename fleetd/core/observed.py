@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 from fleetd.core.canonical import digest
 from fleetd.core.desired import Labels
@@ -82,9 +83,11 @@ class SchedulingRecord:
     instance: str
     unsatisfiable_ticks: int = 0
     cooldown_until: str | None = None
+    capacity: str = ""
+    """Digest of the fleet's placement structure when the record was written; a change ends the cooldown."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ObservedState:
     """Nodes, replicas and scheduling records, each sorted by identity."""
 
@@ -92,7 +95,7 @@ class ObservedState:
     replicas: tuple[ObservedReplica, ...] = ()
     scheduling: tuple[SchedulingRecord, ...] = ()
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Digest of the structure plans are made on; live readings are left out.
 
@@ -102,24 +105,29 @@ class ObservedState:
         heartbeat, so a saved plan would always be stale; instead the executor re-checks capacity atomically
         (VRAM reservations) when it applies, so a plan made on older readings can fail a step but never
         over-commit a node.
+
+        Computed once per value (a snapshot is immutable): at 50,000 replicas it costs about 100 ms.
         """
+        replicas = tuple((r.instance, r.node, r.replica, r.state, r.address, r.config_hash) for r in self.replicas)
+        return digest((self.placement_digest, replicas, self.scheduling))
+
+    @cached_property
+    def placement_digest(self) -> str:
+        """Digest of the nodes' placement structure: identity, status, approval, labels, backends, slots, GPU
+        vendor and total VRAM. The scheduling hysteresis ends a cooldown when it changes."""
         return digest(
-            (
-                tuple(
-                    (
-                        n.name,
-                        n.status,
-                        n.approved,
-                        n.labels,
-                        n.backends,
-                        n.max_replicas_per_model,
-                        n.gpu_vendor,
-                        n.total_vram,
-                    )
-                    for n in self.nodes
-                ),
-                tuple((r.instance, r.node, r.replica, r.state, r.address, r.config_hash) for r in self.replicas),
-                self.scheduling,
+            tuple(
+                (
+                    n.name,
+                    n.status.value,
+                    n.approved,
+                    n.labels,
+                    n.backends,
+                    n.max_replicas_per_model,
+                    n.gpu_vendor,
+                    n.total_vram,
+                )
+                for n in self.nodes
             )
         )
 

@@ -127,12 +127,14 @@ def snapshot(conn: Connection) -> ObservedState:
             instance=instance,
             unsatisfiable_ticks=ticks,
             cooldown_until=iso_from_ms(until) if until is not None else None,
+            capacity=capacity,
         )
-        for instance, ticks, until in conn.execute(
+        for instance, ticks, until, capacity in conn.execute(
             select(
                 scheduling_state.c.instance,
                 scheduling_state.c.unsatisfiable_ticks,
                 scheduling_state.c.cooldown_until_ms,
+                scheduling_state.c.capacity_digest,
             ).order_by(scheduling_state.c.instance)
         )
     )

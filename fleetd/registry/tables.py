@@ -143,6 +143,7 @@ scheduling_state = Table(
     Column("instance", String(NAME), primary_key=True),
     Column("unsatisfiable_ticks", Integer, nullable=False, default=0),
     Column("cooldown_until_ms", BigInteger),
+    Column("capacity_digest", String(80), nullable=False, default=""),
     Column("updated_ms", BigInteger, nullable=False),
 )
 

@@ -36,5 +36,6 @@ RUNTIME = RuntimeSpec(
         "host": "fleetd binds replicas itself",
         "model": "use the instance's `model` field",
     },
+    gpu_vendors=frozenset({"apple"}),
     platforms=frozenset({"darwin-arm64"}),
 )

@@ -59,6 +59,8 @@ class RuntimeSpec:
     """Options fleetd sets itself, with the reason shown to someone who sets one by hand."""
     platforms: frozenset[str]
     """``sys.platform``-``machine`` pairs it runs on, or ``"any"``."""
+    gpu_vendors: frozenset[str] | None = None
+    """GPU vendors (as nodes report them) it can run on; ``None`` = any node, CPU-only included."""
 
     def option_problem(self, name: str, value: OptionValue) -> str | None:
         """Why ``name: value`` is not acceptable for this backend type, or ``None``."""

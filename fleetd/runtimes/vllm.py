@@ -83,5 +83,6 @@ RUNTIME = RuntimeSpec(
         "served_model_name": "fleetd serves each model under its instance name",
         "api_key": "put credentials in `environment` with ${env:...} so they stay secret",
     },
+    gpu_vendors=frozenset({"nvidia", "amd"}),
     platforms=frozenset({"linux-x86_64", "linux-aarch64"}),
 )

@@ -1,0 +1,58 @@
+"""Unsatisfiable hysteresis: an instance that cannot be placed several cycles in a row cools down.
+
+Without it, a fleet short of capacity re-attempts the same doomed placements every tick (LocalAI #9583 reloaded
+a model every 30 s until VRAM fragmented). Each failed cycle adds a tick; at ``ticks`` the instance enters a
+cooldown during which no placement is attempted (the plan reports it as ``cooldown``). The cooldown ends when it
+expires or as soon as the fleet's placement structure changes: a node appears, is approved, is relabelled or
+gets other slots. Free VRAM is not part of that structure (it moves with every heartbeat); the expiry covers it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+from fleetd.core.observed import ObservedState, SchedulingRecord
+from fleetd.core.timestamps import iso_from_ms, ms_from_iso
+
+
+@dataclass(frozen=True, slots=True)
+class HysteresisPolicy:
+    ticks: int = 3
+    """Consecutive failed cycles before the cooldown starts."""
+    cooldown_ms: int = 300_000
+
+
+def capacity_digest(observed: ObservedState) -> str:
+    """The placement structure's digest (computed once per snapshot), whatever order the nodes come in: a
+    snapshot listing the same nodes in another order must not reset the ticks or end a cooldown."""
+    nodes = observed.nodes
+    if all(a.name <= b.name for a, b in pairwise(nodes)):
+        return observed.placement_digest
+    return ObservedState(nodes=tuple(sorted(nodes, key=lambda n: n.name))).placement_digest
+
+
+def cooling_down(record: SchedulingRecord | None, *, now_ms: int, capacity: str) -> bool:
+    """True while the record's cooldown runs and the placement structure is what it was."""
+    if record is None or record.cooldown_until is None or record.capacity != capacity:
+        return False
+    return now_ms < ms_from_iso(record.cooldown_until)
+
+
+def next_record(
+    record: SchedulingRecord | None,
+    instance: str,
+    *,
+    failed: bool,
+    now_ms: int,
+    capacity: str,
+    policy: HysteresisPolicy,
+) -> SchedulingRecord | None:
+    """The record to keep after this cycle; ``None`` once the instance is fully placed."""
+    if not failed:
+        return None
+    if cooling_down(record, now_ms=now_ms, capacity=capacity):
+        return record
+    ticks = 1 if record is None or record.capacity != capacity else record.unsatisfiable_ticks + 1
+    until = iso_from_ms(now_ms + policy.cooldown_ms) if ticks >= policy.ticks else None
+    return SchedulingRecord(instance, ticks, until, capacity)

