@@ -151,12 +151,10 @@ def _plan_nodes(state: _Pass) -> None:
             state.node_prerequisites[node.name].append(action.id)
         manifest_labels = tuple((k, v) for k, v in node.labels if k not in AUTO_LABEL_KEYS)
         if manifest_labels != spec.labels or node.max_replicas_per_model != spec.max_replicas_per_model:
-            action = Action(
-                ActionKind.SET_LABELS,
-                Reason.LABELS_CHANGED,
-                node.name,
-                details=(("labels", spec.labels), ("max_replicas_per_model", spec.max_replicas_per_model)),
-            )
+            details: list[tuple[str, DetailValue]] = [("labels", spec.labels)]
+            if node.max_replicas_per_model != spec.max_replicas_per_model:  # only what changes is shown
+                details.append(("max_replicas_per_model", spec.max_replicas_per_model))
+            action = Action(ActionKind.SET_LABELS, Reason.LABELS_CHANGED, node.name, details=tuple(details))
             state.actions.append(action)
             state.node_prerequisites[node.name].append(action.id)
         if spec.drain and node.status is not NodeStatus.DRAINING:

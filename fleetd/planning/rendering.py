@@ -184,7 +184,9 @@ def action_line(action: Action) -> str:
     if kind is ActionKind.SET_LABELS:
         labels = action.detail("labels")
         shown = _pairs(labels) if isinstance(labels, tuple) else ""
-        return f"~ set_labels {action.node}: {shown or '(no labels)'}"
+        slots = action.detail("max_replicas_per_model")
+        slots_text = f"; max_replicas_per_model {slots}" if slots is not None else ""
+        return f"~ set_labels {action.node}: {shown or '(no labels)'}{slots_text}"
     if kind is ActionKind.INSTALL_BACKEND:
         recipe = action.detail("install")
         suffix = f" ({recipe})" if isinstance(recipe, str) and recipe else ""

@@ -156,7 +156,9 @@ def _set_labels(world: _World, action: Action) -> None:
         raise ExecutionError(f"{action.id}: labels detail is {declared!r}")
     auto = [(k, v) for k, v in node.labels if k in AUTO_LABEL_KEYS]
     labels = tuple(sorted([*auto, *declared]))
-    slots = _int_detail(action, "max_replicas_per_model")
+    slots = node.max_replicas_per_model
+    if action.detail("max_replicas_per_model") is not None:
+        slots = _int_detail(action, "max_replicas_per_model")
     world.nodes[node.name] = dataclasses.replace(node, labels=labels, max_replicas_per_model=slots)
 
 

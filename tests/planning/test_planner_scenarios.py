@@ -525,8 +525,7 @@ instances:
     ]
     assert action(result, "set_labels:gpu-a").details == (
         ("labels", (("tier", "fast"), ("zone", "eu-1"))),
-        ("max_replicas_per_model", 2),
-    )
+    )  # the slots already match: only what changes is in the action
     after = apply_plan(result, desired, before, order="lazy")
     node = after.node("gpu-a")
     assert node is not None
@@ -978,3 +977,15 @@ def test_the_fake_executor_rejects_a_load_before_its_install_in_lazy_order() -> 
     apply_plan(undeclared, desired, before, order="eager")  # plan order happens to install first
     with pytest.raises(ExecutionError, match="not installed"):
         apply_plan(undeclared, desired, before, order="lazy")
+
+
+def test_a_slots_only_change_is_a_set_labels_with_the_new_slots() -> None:
+    desired = manifest(
+        "nodes:\n  gpu-a: {approved: true, max_replicas_per_model: 3}\ninstances:\n" + instance("qwen")
+    )
+    before = observed([gpu("gpu-a", slots=2)], [replica(desired, "qwen", "gpu-a", 0)])
+    result = plan(desired, before, now_ms=NOW)
+    assert summary(result) == [("set_labels:gpu-a", "labels_changed", ())]
+    assert action(result, "set_labels:gpu-a").details == (("labels", ()), ("max_replicas_per_model", 3))
+    after = apply_plan(result, desired, before, order="lazy")
+    assert plan(desired, after, now_ms=NOW).is_empty
