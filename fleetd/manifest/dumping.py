@@ -12,8 +12,6 @@ import yaml
 
 from fleetd.manifest.models import Manifest
 
-MODELINE = "# yaml-language-server: $schema=https://fleetd.dev/schemas/fleet.schema.json\n"
-
 _YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
 
 

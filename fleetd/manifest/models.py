@@ -80,10 +80,6 @@ def _idle_timeout(value: Any) -> Any:
     return parse_duration_ms(value, bare_unit_ms=60_000) if isinstance(value, str | int) else value
 
 
-def _size(value: Any) -> Any:
-    return parse_size_bytes(value) if isinstance(value, str | int) else value
-
-
 def _vram(value: Any) -> Any:
     if value == "auto":
         return value

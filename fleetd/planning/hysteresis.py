@@ -10,7 +10,6 @@ gets other slots. Free VRAM is not part of that structure (it moves with every h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 
 from fleetd.core.observed import ObservedState, SchedulingRecord
 from fleetd.core.timestamps import iso_from_ms, ms_from_iso
@@ -24,12 +23,8 @@ class HysteresisPolicy:
 
 
 def capacity_digest(observed: ObservedState) -> str:
-    """The placement structure's digest (computed once per snapshot), whatever order the nodes come in: a
-    snapshot listing the same nodes in another order must not reset the ticks or end a cooldown."""
-    nodes = observed.nodes
-    if all(a.name <= b.name for a, b in pairwise(nodes)):
-        return observed.placement_digest
-    return ObservedState(nodes=tuple(sorted(nodes, key=lambda n: n.name))).placement_digest
+    """The placement structure's digest (once per snapshot, independent of node order)."""
+    return observed.placement_digest
 
 
 def cooling_down(record: SchedulingRecord | None, *, now_ms: int, capacity: str) -> bool:

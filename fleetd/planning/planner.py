@@ -82,8 +82,6 @@ class _Pass:
     """Node name -> ids of the approve_node / set_labels actions a load there must wait for."""
     installs: dict[tuple[str, str], str] = field(default_factory=dict)
     """(node, backend) -> id of the install_backend action planned for it."""
-    evictable: dict[str, list[ObservedReplica]] = field(default_factory=dict)
-    """Node -> idle replicas that a higher-priority instance may evict (filled lazily)."""
     evicted: set[tuple[str, str, int]] = field(default_factory=set)
     capacity_key: str = ""
     records: dict[str, SchedulingRecord] = field(default_factory=dict)

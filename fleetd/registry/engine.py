@@ -87,7 +87,3 @@ def read_only(engine: Engine) -> Iterator[Connection]:
         connection = plain.execution_options(**{_READ_ONLY: True})
         with connection.begin():
             yield connection
-
-
-def is_sqlite(connection: Connection | Engine) -> bool:
-    return connection.dialect.name == "sqlite"

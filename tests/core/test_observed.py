@@ -1,0 +1,44 @@
+"""The observed fingerprint: independent of input order, sensitive to structure, blind to live readings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fleetd.core.observed import (
+    NodeStatus,
+    ObservedNode,
+    ObservedReplica,
+    ObservedState,
+    ReplicaState,
+    SchedulingRecord,
+)
+
+NODES = (
+    ObservedNode("a", NodeStatus.HEALTHY, labels=(("tier", "fast"),), total_vram=8, available_vram=8),
+    ObservedNode("b", NodeStatus.PENDING, total_vram=16, available_vram=16),
+)
+REPLICAS = (
+    ObservedReplica("x", "a", 0, ReplicaState.RUNNING, config_hash="h1"),
+    ObservedReplica("y", "b", 1, ReplicaState.STARTING, config_hash="h2"),
+)
+RECORDS = (SchedulingRecord("x", 1), SchedulingRecord("y", 2))
+STATE = ObservedState(nodes=NODES, replicas=REPLICAS, scheduling=RECORDS)
+
+
+def test_fingerprint_and_placement_digest_ignore_input_order() -> None:
+    shuffled = ObservedState(nodes=NODES[::-1], replicas=REPLICAS[::-1], scheduling=RECORDS[::-1])
+    assert shuffled.fingerprint == STATE.fingerprint
+    assert shuffled.placement_digest == STATE.placement_digest
+
+
+def test_fingerprint_follows_structure_not_readings() -> None:
+    relabelled = dataclasses.replace(NODES[0], labels=(("tier", "slow"),))
+    assert ObservedState(nodes=(relabelled, NODES[1]), replicas=REPLICAS).fingerprint != STATE.fingerprint
+    rehashed = dataclasses.replace(REPLICAS[0], config_hash="h9")
+    assert ObservedState(nodes=NODES, replicas=(rehashed, REPLICAS[1]), scheduling=RECORDS).fingerprint != (
+        STATE.fingerprint
+    )
+    busier = dataclasses.replace(NODES[0], available_vram=1, reserved_vram=3)
+    used = dataclasses.replace(REPLICAS[0], in_flight=7, last_used="2026-11-23T08:00:00Z")
+    same = ObservedState(nodes=(busier, NODES[1]), replicas=(used, REPLICAS[1]), scheduling=RECORDS)
+    assert same.fingerprint == STATE.fingerprint
