@@ -8,8 +8,10 @@ refused as stale when any of it changed, and only then.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from types import MappingProxyType
 
 from fleetd.core.canonical import digest
 from fleetd.core.desired import Labels
@@ -136,8 +138,31 @@ class ObservedState:
             )
         )
 
+    @cached_property
+    def nodes_by_name(self) -> Mapping[str, ObservedNode]:
+        return {n.name: n for n in self.nodes}
+
+    @cached_property
+    def replicas_by_instance(self) -> Mapping[str, tuple[ObservedReplica, ...]]:
+        """Each instance's replicas sorted by (node, index); built once per snapshot, as the planner reads it on
+        every tick."""
+        return _grouped(self.replicas, lambda r: r.instance)
+
+    @cached_property
+    def replicas_by_node(self) -> Mapping[str, tuple[ObservedReplica, ...]]:
+        return _grouped(self.replicas, lambda r: r.node)
+
     def node(self, name: str) -> ObservedNode | None:
-        return next((n for n in self.nodes if n.name == name), None)
+        return self.nodes_by_name.get(name)
 
     def replicas_of(self, instance: str) -> tuple[ObservedReplica, ...]:
-        return tuple(r for r in self.replicas if r.instance == instance)
+        return self.replicas_by_instance.get(instance, ())
+
+
+def _grouped(
+    replicas: tuple[ObservedReplica, ...], key: Callable[[ObservedReplica], str]
+) -> Mapping[str, tuple[ObservedReplica, ...]]:
+    groups: dict[str, list[ObservedReplica]] = {}
+    for replica in sorted(replicas, key=lambda r: (r.instance, r.node, r.replica)):
+        groups.setdefault(key(replica), []).append(replica)
+    return MappingProxyType({name: tuple(group) for name, group in groups.items()})

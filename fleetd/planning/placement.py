@@ -14,6 +14,7 @@ whole stays a pure function.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import zlib
 from collections import Counter
@@ -51,21 +52,32 @@ class NodeCapacity:
     total: int
     """VRAM, or RAM on a node without a GPU (CPU-only llama.cpp)."""
     free: int
+    rank: int = 0
+    """Position in name order: ties between equal scores go to the lower rank (the alphabetically first)."""
     counts: dict[str, int] = field(default_factory=dict)
     """Replicas per instance on this node, planned ones included."""
     released: list[str] = field(default_factory=list)
     """Ids of the unloads in this plan whose memory ``free`` already counts."""
     released_bytes: int = 0
+    version: int = 0
+    """Bumped on every change of ``free`` or ``counts``: scores cached for this node are stale."""
+
+    def reserve(self, size: int) -> None:
+        """Take memory without a slot (a restart surging beside its old process, or growing)."""
+        self.free -= size
+        self.version += 1
 
     def take(self, instance: str, size: int) -> None:
         self.free -= size
         self.counts[instance] = self.counts.get(instance, 0) + 1
+        self.version += 1
 
     def give_back(self, instance: str, size: int, by: str | None = None) -> None:
         """Return a replica's memory and slot; ``by`` is the unload that frees it, which a placement that
         needs the memory must then wait for."""
         self.free += size
         self.counts[instance] = max(0, self.counts.get(instance, 0) - 1)
+        self.version += 1
         if by is not None and size > 0:
             self.released.append(by)
             self.released_bytes += size
@@ -157,29 +169,114 @@ def score(request: Request, node: NodeCapacity) -> float:
     return fit + anti_affinity + 0.5 * installed
 
 
-def place(request: Request, nodes: Sequence[NodeCapacity]) -> Outcome:
-    """The best feasible node among a deterministic sample, or ``None`` with every rejection counted."""
-    if not nodes:
+class Candidates:
+    """The nodes of one planning pass, with the work that repeats between placements done once.
+
+    The first five checks (readiness, draining, pins, selector, platform) do not change as the pass places
+    replicas, and instances share few distinct profiles (pins, selector, vendors), so each profile's feasible
+    pool and its rejection counts are computed once. The replicas of one instance are placed one after the
+    other from the same sample, so the sample's scores are kept and only the nodes changed since (``version``)
+    are scored again: one placement costs a pass over ``SAMPLE`` cached entries, not ``SAMPLE`` scorings.
+    """
+
+    __slots__ = ("_profiles", "_scanned", "_start", "_window", "_window_key", "nodes")
+
+    def __init__(self, nodes: Sequence[NodeCapacity]) -> None:
+        self.nodes = nodes
+        """In name order; ``rank`` is each node's index."""
+        self._profiles: dict[tuple[object, ...], tuple[list[NodeCapacity], Counter[Rejection]]] = {}
+        self._window_key: tuple[object, ...] | None = None
+        self._window: list[_Entry] = []
+        """The sample: pool nodes in ring order from the instance's offset, with their cached scores."""
+        self._start = 0
+        self._scanned = 0
+        """How many pool nodes (in ring order) the window holds."""
+
+    def pool(self, request: Request) -> tuple[list[NodeCapacity], Counter[Rejection]]:
+        """Statically feasible nodes (name order) and the static rejections of the others."""
+        s = request.instance.scheduling
+        key = (s.nodes, s.node_selector, request.gpu_vendors, request.exclude)
+        found = self._profiles.get(key)
+        if found is None:
+            pool: list[NodeCapacity] = []
+            rejected: Counter[Rejection] = Counter()
+            for node in self.nodes:
+                reason = first_rejection(request, node, STATIC_CHECKS)
+                if reason is None:
+                    pool.append(node)
+                else:
+                    rejected[reason] += 1
+            found = self._profiles[key] = (pool, rejected)
+        return found
+
+    def window(self, request: Request, pool: list[NodeCapacity]) -> list[_Entry]:
+        """The cached sample for this request; a new one when the instance or its needs differ from the last."""
+        s = request.instance.scheduling
+        key = (request.instance.name, request.size, request.backend, s.nodes, s.node_selector, request.exclude)
+        if key != self._window_key:
+            offset = zlib.crc32(request.instance.name.encode()) % len(self.nodes)
+            self._window_key, self._window, self._scanned = key, [], 0
+            self._start = bisect.bisect_left(pool, offset, key=lambda n: n.rank)
+        return self._window
+
+    def extend(self, request: Request, pool: list[NodeCapacity]) -> _Entry | None:
+        """The next pool node in ring order, added to the window; ``None`` when the window holds them all."""
+        if self._scanned >= len(pool):
+            return None
+        node = pool[(self._start + self._scanned) % len(pool)]
+        self._scanned += 1
+        entry = _Entry(node, -1, None)
+        self._window.append(entry)
+        return entry
+
+
+@dataclass(slots=True)
+class _Entry:
+    node: NodeCapacity
+    version: int
+    """The node's version when ``key`` was computed; -1 before the first scoring."""
+    key: tuple[float, int] | None
+    """(score, -rank) when feasible, ``None`` when the dynamic checks reject it."""
+
+
+def _score_entry(request: Request, entry: _Entry) -> None:
+    node = entry.node
+    entry.version = node.version
+    entry.key = (score(request, node), -node.rank) if _slots(request, node) and _fits(request, node) else None
+
+
+def place(request: Request, candidates: Candidates) -> Outcome:
+    """The best feasible node among a deterministic sample, or ``None`` with every rejection counted.
+
+    The sample is the first ``SAMPLE`` feasible nodes in name order from an offset derived from the instance,
+    wrapping around; replicas of one instance share it, and anti-affinity spreads them within it.
+    """
+    if not candidates.nodes:
         return Outcome(None)
-    start = zlib.crc32(f"{request.instance.name}/{request.replica}".encode()) % len(nodes)
-    best: tuple[float, tuple[int, ...], NodeCapacity] | None = None
+    pool, rejected = candidates.pool(request)
+    window = candidates.window(request, pool)
+    best: tuple[float, int] | None = None
+    best_node: NodeCapacity | None = None
     seen = 0
-    for i in range(len(nodes)):
-        node = nodes[(start + i) % len(nodes)]
-        if first_rejection(request, node) is not None:
+    i = 0
+    while seen < SAMPLE:
+        if i < len(window):
+            entry: _Entry | None = window[i]
+        else:
+            entry = candidates.extend(request, pool)
+            if entry is None:
+                break
+        assert entry is not None
+        i += 1
+        if entry.version != entry.node.version:
+            _score_entry(request, entry)
+        key = entry.key
+        if key is None:
             continue
-        key = (score(request, node), _reverse(node.name), node)
-        if best is None or key[:2] > best[:2]:
-            best = key
         seen += 1
-        if seen >= SAMPLE:
-            break
-    if best is not None:
-        return Outcome(best[2].name)
-    counts = Counter(first_rejection(request, n) for n in nodes)
+        if best is None or key > best:
+            best, best_node = key, entry.node
+    if best_node is not None:
+        return Outcome(best_node.name)
+    counts = rejected + Counter(first_rejection(request, n, CHECKS[len(STATIC_CHECKS) :]) for n in pool)
     return Outcome(None, tuple(sorted((r.value, c) for r, c in counts.items() if r is not None)))
-
-
-def _reverse(name: str) -> tuple[int, ...]:
-    """Sorts names descending so that, among equal scores, the alphabetically first node wins a max()."""
-    return (*(-ord(c) for c in name), 0)

@@ -25,13 +25,20 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fleetd.core.desired import BackendSpec, DesiredState, InstanceSpec
+from fleetd.core.desired import BackendSpec, DesiredState, InstanceSpec, NodeSpec
 from fleetd.core.names import AUTO_LABEL_KEYS
-from fleetd.core.observed import NodeStatus, ObservedReplica, ObservedState, ReplicaState, SchedulingRecord
+from fleetd.core.observed import (
+    NodeStatus,
+    ObservedNode,
+    ObservedReplica,
+    ObservedState,
+    ReplicaState,
+    SchedulingRecord,
+)
 from fleetd.core.timestamps import iso_from_ms, ms_from_iso
 from fleetd.planning.hysteresis import HysteresisPolicy, capacity_digest, cooling_down, next_record
 from fleetd.planning.launch_config import config_hash
-from fleetd.planning.placement import STATIC_CHECKS, NodeCapacity, Request, first_rejection, place
+from fleetd.planning.placement import Candidates, NodeCapacity, Request, place
 from fleetd.planning.plans import Action, ActionKind, DetailValue, Plan, PlanRefused, Reason, Unschedulable
 from fleetd.runtimes import runtime_for
 
@@ -73,8 +80,10 @@ class _Pass:
     now_ms: int
     policy: PlanPolicy
     estimates: Mapping[str, int]
-    capacity: dict[str, NodeCapacity] = field(default_factory=dict)
-    ordered: list[NodeCapacity] = field(default_factory=list)
+    declared: dict[str, NodeSpec] = field(default_factory=dict)
+    _capacity: dict[str, NodeCapacity] = field(default_factory=dict)
+    """Nodes as placement sees them, built on first use: a converged tick touches few of them."""
+    _candidates: Candidates | None = None
     actions: list[Action] = field(default_factory=list)
     unschedulable: list[Unschedulable] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -88,6 +97,35 @@ class _Pass:
     """Hysteresis records as observed; replaced by the ones this plan keeps."""
     kept_records: list[SchedulingRecord] = field(default_factory=list)
 
+    @property
+    def priorities(self) -> dict[str, int]:
+        return {i.name: i.scheduling.priority for i in self.desired.instances}
+
+    def capacity(self, name: str) -> NodeCapacity | None:
+        """The node's capacity in this pass; ``None`` for a node the registry does not know."""
+        found = self._capacity.get(name)
+        if found is None:
+            node = self.observed.nodes_by_name.get(name)
+            if node is None:
+                return None
+            found = self._capacity[name] = _node_capacity(self, node)
+        return found
+
+    def draining(self, node: ObservedNode) -> bool:
+        spec = self.declared.get(node.name)
+        return node.status is NodeStatus.DRAINING or (spec is not None and spec.drain)
+
+    @property
+    def candidates(self) -> Candidates:
+        """Every node, in name order, for placement (built on the first placement of the pass)."""
+        if self._candidates is None:
+            ordered = [self.capacity(n.name) for n in sorted(self.observed.nodes, key=lambda n: n.name)]
+            nodes = [c for c in ordered if c is not None]
+            for rank, capacity in enumerate(nodes):
+                capacity.rank = rank
+            self._candidates = Candidates(nodes)
+        return self._candidates
+
 
 def plan(
     desired: DesiredState,
@@ -100,19 +138,17 @@ def plan(
 ) -> Plan:
     """The actions that take ``observed`` to ``desired``. Raises ``PlanRefused`` for an unsafe plan."""
     state = _Pass(desired, observed, now_ms, policy, vram_estimates or {})
+    state.declared = {n.name: n for n in desired.nodes}
     state.capacity_key = capacity_digest(observed)
     state.records = {r.instance: r for r in observed.scheduling}
     _plan_nodes(state)
-    _build_capacity(state)
-    replicas_by_instance: dict[str, list[ObservedReplica]] = defaultdict(list)
-    for replica in observed.replicas:
-        replicas_by_instance[replica.instance].append(replica)
+    replicas_by_instance = observed.replicas_by_instance
     backends = {b.name: b for b in desired.backends}
     for instance in sorted(desired.instances, key=lambda i: (-i.scheduling.priority, i.name)):
-        _plan_instance(state, instance, backends[instance.backend], replicas_by_instance.get(instance.name, []))
+        _plan_instance(state, instance, backends[instance.backend], replicas_by_instance.get(instance.name, ()))
     wanted = {i.name for i in desired.instances}
     for name in sorted(set(replicas_by_instance) - wanted):
-        for replica in sorted(replicas_by_instance[name], key=_replica_key):
+        for replica in replicas_by_instance[name]:
             if replica.state is not ReplicaState.STOPPING:
                 state.actions.append(_unload(replica, Reason.REMOVED))
     _refuse_emptying(state)
@@ -159,45 +195,40 @@ def _plan_nodes(state: _Pass) -> None:
             state.actions.append(Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, node.name))
 
 
-def _build_capacity(state: _Pass) -> None:
-    declared = {n.name: n for n in state.desired.nodes}
-    for node in state.observed.nodes:
-        spec = declared.get(node.name)
-        approved_here = spec is not None and spec.approved and not node.approved  # by this plan's approve_node
-        ready = (node.status in (NodeStatus.HEALTHY, NodeStatus.DRAINING) and node.approved) or (
-            approved_here and node.status in (NodeStatus.PENDING, NodeStatus.HEALTHY)
-        )
-        if state.desired.nodes_declared and spec is None:
-            ready = False
-        gpu = node.gpu_vendor != "none" and node.total_vram > 0
-        total = node.total_vram if gpu else node.total_ram
-        free = max(0, (node.available_vram if gpu else node.available_ram) - node.reserved_vram)
-        labels = dict(node.labels)
-        if spec is not None:  # placement sees the labels this plan sets
-            labels = {k: v for k, v in labels.items() if k in AUTO_LABEL_KEYS} | dict(spec.labels)
-        capacity = NodeCapacity(
-            name=node.name,
-            node=node,
-            labels=labels,
-            ready=ready,
-            draining=node.status is NodeStatus.DRAINING or (spec is not None and spec.drain),
-            slots=spec.max_replicas_per_model if spec is not None else node.max_replicas_per_model,
-            total=total,
-            free=free,
-        )
-        state.capacity[node.name] = capacity
-    state.ordered = [state.capacity[name] for name in sorted(state.capacity)]
-    for replica in state.observed.replicas:
-        cap = state.capacity.get(replica.node)
-        if cap is not None and replica.state is not ReplicaState.STOPPING:
-            cap.counts[replica.instance] = cap.counts.get(replica.instance, 0) + 1
+def _node_capacity(state: _Pass, node: ObservedNode) -> NodeCapacity:
+    spec = state.declared.get(node.name)
+    approved_here = spec is not None and spec.approved and not node.approved  # by this plan's approve_node
+    ready = (node.status in (NodeStatus.HEALTHY, NodeStatus.DRAINING) and node.approved) or (
+        approved_here and node.status in (NodeStatus.PENDING, NodeStatus.HEALTHY)
+    )
+    if state.desired.nodes_declared and spec is None:
+        ready = False
+    gpu = node.gpu_vendor != "none" and node.total_vram > 0
+    labels = dict(node.labels)
+    if spec is not None:  # placement sees the labels this plan sets
+        labels = {k: v for k, v in labels.items() if k in AUTO_LABEL_KEYS} | dict(spec.labels)
+    counts: dict[str, int] = {}
+    for replica in state.observed.replicas_by_node.get(node.name, ()):
+        if replica.state is not ReplicaState.STOPPING:
+            counts[replica.instance] = counts.get(replica.instance, 0) + 1
+    return NodeCapacity(
+        name=node.name,
+        node=node,
+        labels=labels,
+        ready=ready,
+        draining=state.draining(node),
+        slots=spec.max_replicas_per_model if spec is not None else node.max_replicas_per_model,
+        total=node.total_vram if gpu else node.total_ram,
+        free=max(0, (node.available_vram if gpu else node.available_ram) - node.reserved_vram),
+        counts=counts,
+    )
 
 
 # instances --------------------------------------------------------------------------------------------------
 
 
 def _plan_instance(
-    state: _Pass, spec: InstanceSpec, backend: BackendSpec, observed: list[ObservedReplica]
+    state: _Pass, spec: InstanceSpec, backend: BackendSpec, observed: tuple[ObservedReplica, ...]
 ) -> None:
     size = spec.vram_bytes if spec.vram_bytes is not None else state.estimates.get(spec.name, 0)
     need = _Need(spec, backend, config_hash(spec, backend), size)
@@ -207,20 +238,21 @@ def _plan_instance(
     """Replicas to move off a draining node: loaded elsewhere first, then unloaded (depending on the load)."""
     gone: list[tuple[ObservedReplica, Reason]] = []
     """Replicas already unloaded by this plan (node lost, evicted by a higher priority): replaced, not waited on."""
-    for replica in sorted(observed, key=_replica_key):
-        node = state.capacity.get(replica.node)
+    nodes = state.observed.nodes_by_name
+    for replica in observed:  # sorted by (node, index)
         if replica.state is ReplicaState.STOPPING:
             continue
-        if _replica_key(replica) in state.evicted:
+        if state.evicted and _replica_key(replica) in state.evicted:
             gone.append((replica, Reason.EVICTED))
             continue
-        if node is None or node.node.status is NodeStatus.OFFLINE:
+        node = nodes.get(replica.node)
+        if node is None or node.status is NodeStatus.OFFLINE:
             state.actions.append(_unload(replica, Reason.NODE_LOST))
-            if node is not None:
-                node.give_back(spec.name, 0)
+            if (lost := state.capacity(replica.node)) is not None:
+                lost.give_back(spec.name, 0)
             gone.append((replica, Reason.NODE_LOST))
             continue
-        if node.draining:
+        if state.draining(node):
             moving.append((replica, Reason.DRAINED))
             continue
         if replica.state is ReplicaState.FAILED:
@@ -236,7 +268,7 @@ def _plan_instance(
         for replica, reason in _pick_for_removal(state, spec, staying, moving, extra):
             unload = _unload(replica, reason)
             state.actions.append(unload)
-            state.capacity[replica.node].give_back(spec.name, replica.vram_bytes, by=unload.id)
+            _capacity(state, replica.node).give_back(spec.name, replica.vram_bytes, by=unload.id)
             if reason is Reason.DRAINED:
                 moving = [(r, why) for r, why in moving if r is not replica]
             else:
@@ -261,7 +293,7 @@ def _plan_instance(
         load = _load(state, need, index, reason, source=old[0].node if old is not None else None)
         if load is None:
             unplaced += 1
-            rejections = dict(place(need.request(index), state.ordered).rejections or (("no_nodes", 0),))
+            rejections = dict(place(need.request(index), state.candidates).rejections or (("no_nodes", 0),))
             if old is not None and i < len(moving):
                 state.notes.append(
                     f"replica {spec.name}/{old[0].node}/{old[0].replica} stays on its {old[1].value} node: no other "
@@ -273,7 +305,7 @@ def _plan_instance(
             replica, why = old
             unload = _unload(replica, why, depends_on=(load.id,))
             state.actions.append(unload)
-            state.capacity[replica.node].give_back(spec.name, replica.vram_bytes, by=unload.id)
+            _capacity(state, replica.node).give_back(spec.name, replica.vram_bytes, by=unload.id)
     if unplaced:
         state.unschedulable.append(Unschedulable(spec.name, unplaced, tuple(sorted(rejections.items()))))
     kept = next_record(
@@ -364,19 +396,19 @@ def _rollout(state: _Pass, need: _Need, staying: list[ObservedReplica]) -> None:
     previous: tuple[str, ...] = ()
     current: list[str] = []
     for replica in stale:
-        node = state.capacity[replica.node]
+        node = _capacity(state, replica.node)
         surge = spec.rollout.max_surge > 0 and node.free >= size
         reason = Reason.CONFIG_CHANGED if replica.config_hash != want_hash else Reason.UNHEALTHY
         waits: tuple[str, ...] = ()
         if surge:
             waits = node.waits_for(size)
-            node.free -= size  # the new process runs beside the old until it is healthy
+            node.reserve(size)  # the new process runs beside the old until it is healthy
         elif node.free + replica.vram_bytes >= size:
             # Stopping first frees the old process's memory; only growth (a larger estimate) takes more. Memory
             # it frees is not offered to other placements: they may run before this restart.
             growth = max(0, size - replica.vram_bytes)
             waits = node.waits_for(growth) if growth else ()
-            node.free -= growth
+            node.reserve(growth)
         else:
             state.notes.append(
                 f"replica {spec.name}/{replica.node}/{replica.replica} is not restarted ({reason.value}): it needs "
@@ -411,14 +443,14 @@ def _load(state: _Pass, need: _Need, index: int, reason: Reason, *, source: str 
     install, and the unloads in this plan whose memory it uses. ``source`` is the node it replaces one on."""
     spec, backend, size = need.spec, need.backend, need.size
     request = need.request(index)
-    outcome = place(request, state.ordered)
+    outcome = place(request, state.candidates)
     evictions: tuple[str, ...] = ()
     node_name = outcome.node
     if node_name is None:
         node_name, evictions = _evict_for(state, request)
         if node_name is None:
             return None
-    node = state.capacity[node_name]
+    node = _capacity(state, node_name)
     depends: list[str] = [*evictions, *node.waits_for(size), *state.node_prerequisites.get(node_name, ())]
     node.take(spec.name, size)
     if backend.name not in node.node.backends:
@@ -456,20 +488,18 @@ def _load(state: _Pass, need: _Need, index: int, reason: Reason, *, source: str 
 def _evict_for(state: _Pass, request: Request) -> tuple[str | None, tuple[str, ...]]:
     """Free room on one node by unloading idle replicas of lower-priority instances; the smallest eviction
     (fewest bytes) on the first such node by name wins. Returns the node and the unload action ids."""
-    priorities = {i.name: i.scheduling.priority for i in state.desired.instances}
+    priorities = state.priorities
     mine = request.instance.scheduling.priority
     best: tuple[int, str, list[ObservedReplica]] | None = None
-    for node in state.ordered:
-        if first_rejection(request, node, STATIC_CHECKS) is not None:
-            continue
+    pool, _ = state.candidates.pool(request)
+    for node in pool:
         if node.counts.get(request.instance.name, 0) >= node.slots:
             continue
         victims = sorted(
             (
                 r
-                for r in state.observed.replicas
-                if r.node == node.name
-                and r.in_flight == 0
+                for r in state.observed.replicas_by_node.get(node.name, ())
+                if r.in_flight == 0
                 and r.state in LIVE
                 and priorities.get(r.instance, mine) < mine
                 and (r.instance, r.node, r.replica) not in state.evicted
@@ -493,7 +523,7 @@ def _evict_for(state: _Pass, request: Request) -> tuple[str | None, tuple[str, .
         state.evicted.add((victim.instance, victim.node, victim.replica))
         unload = _unload(victim, Reason.EVICTED)
         state.actions.append(unload)
-        state.capacity[victim.node].give_back(victim.instance, victim.vram_bytes, by=unload.id)
+        _capacity(state, victim.node).give_back(victim.instance, victim.vram_bytes, by=unload.id)
         ids.append(unload.id)
     return best[1], tuple(ids)
 
@@ -521,6 +551,13 @@ def _refuse_emptying(state: _Pass) -> None:
 
 
 # helpers ----------------------------------------------------------------------------------------------------
+
+
+def _capacity(state: _Pass, node: str) -> NodeCapacity:
+    """A node the pass already knows is in the registry (it holds a replica, or placement chose it)."""
+    found = state.capacity(node)
+    assert found is not None, node
+    return found
 
 
 def _unload(replica: ObservedReplica, reason: Reason, depends_on: tuple[str, ...] = ()) -> Action:
