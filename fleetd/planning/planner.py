@@ -203,7 +203,7 @@ def _node_capacity(state: _Pass, node: ObservedNode) -> NodeCapacity:
     )
     if state.desired.nodes_declared and spec is None:
         ready = False
-    gpu = node.gpu_vendor != "none" and node.total_vram > 0
+    gpu = node.total_vram > 0  # a node that reports no VRAM offers its RAM (as the registry's reserve does)
     labels = dict(node.labels)
     if spec is not None:  # placement sees the labels this plan sets
         labels = {k: v for k, v in labels.items() if k in AUTO_LABEL_KEYS} | dict(spec.labels)

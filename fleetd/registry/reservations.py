@@ -1,6 +1,7 @@
 """VRAM reservations: capacity held for a load from the moment it is placed until its process holds it.
 
-``reserve`` is one conditional UPDATE (``available_vram - reserved_vram >= bytes``), so two controllers can
+``reserve`` is one conditional UPDATE (``available_vram - reserved_vram >= bytes``; RAM on a node without a
+GPU), so two controllers can
 never both take the last free gigabytes. Each reservation belongs to an operation (``op_id``) and has a TTL;
 it ends when the operation ends (``release``) or when the TTL passes (``reclaim_expired``), never because a
 heartbeat arrived (LocalAI resets reservations on every reading; that reopens the window for over-commit).
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, String, and_, bindparam, delete, func, select, text, update
+from sqlalchemy import BigInteger, Connection, String, and_, bindparam, case, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from fleetd.registry.tables import nodes, vram_reservations
@@ -31,11 +32,15 @@ _REASON = bindparam("r_reason", type_=String())
 _OPEN = and_(vram_reservations.c.op_id == _OP_ID, vram_reservations.c.released_ms.is_(None))
 
 _FIND = select(vram_reservations).where(vram_reservations.c.op_id == _OP_ID)
+# A node that reports no VRAM offers its RAM instead (DESIGN.md section 6: CPU-only llama.cpp), as the planner
+# counts it (``fleetd.planning.planner._node_capacity``).
+_AVAILABLE = case((nodes.c.total_vram > 0, nodes.c.available_vram), else_=nodes.c.available_ram)
+_AVAILABLE_SQL = "CASE WHEN total_vram > 0 THEN available_vram ELSE available_ram END"
 _ADMIT = (
     update(nodes)
-    .where(and_(nodes.c.name == _NODE, nodes.c.available_vram - nodes.c.reserved_vram >= _SIZE))
+    .where(and_(nodes.c.name == _NODE, _AVAILABLE - nodes.c.reserved_vram >= _SIZE))
     .values(reserved_vram=nodes.c.reserved_vram + _SIZE)
-    .returning(nodes.c.available_vram, nodes.c.reserved_vram)
+    .returning(_AVAILABLE.label("available_vram"), nodes.c.reserved_vram)
 )
 _RECORD = vram_reservations.insert()
 _RENEW = update(vram_reservations).where(_OPEN).values(expires_ms=_EXPIRES)
@@ -54,15 +59,15 @@ _ADMIT_AND_RECORD_PG = text(
     """
     WITH admitted AS (
         UPDATE nodes SET reserved_vram = reserved_vram + :r_size
-        WHERE name = :r_node AND available_vram - reserved_vram >= :r_size
+        WHERE name = :r_node AND AVAILABLE - reserved_vram >= :r_size
           AND NOT EXISTS (SELECT 1 FROM vram_reservations WHERE op_id = :r_op_id)
-        RETURNING available_vram, reserved_vram
+        RETURNING AVAILABLE AS available_vram, reserved_vram
     )
     INSERT INTO vram_reservations
         (op_id, node, bytes, created_ms, expires_ms, available_at_reserve, reserved_after)
     SELECT :r_op_id, :r_node, :r_size, :r_now_ms, :r_expires_ms, available_vram, reserved_vram FROM admitted
     RETURNING op_id
-    """
+    """.replace("AVAILABLE", _AVAILABLE_SQL)
 ).bindparams(_OP_ID, _NODE, _SIZE, _NOW, _EXPIRES)
 _END_AND_GIVE_BACK_PG = text(
     """

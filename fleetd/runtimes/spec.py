@@ -61,6 +61,9 @@ class RuntimeSpec:
     """``sys.platform``-``machine`` pairs it runs on, or ``"any"``."""
     gpu_vendors: frozenset[str] | None = None
     """GPU vendors (as nodes report them) it can run on; ``None`` = any node, CPU-only included."""
+    pip_executable_probe: tuple[str, ...] | None = None
+    """After a ``pip`` install: arguments for the backend venv's ``python`` that print the executable's path
+    on the last line of stdout; ``None`` = the venv's ``bin/<executable>`` console script."""
 
     def option_problem(self, name: str, value: OptionValue) -> str | None:
         """Why ``name: value`` is not acceptable for this backend type, or ``None``."""

@@ -2,11 +2,18 @@
 
 vLLM runs on Linux with an NVIDIA or AMD GPU; it cannot run on this project's CI machines, so its probes are
 tested against a fake server that speaks its endpoints.
+
+``vllm serve`` answers ``/health`` with 200 once the engine runs, and exposes ``/metrics`` (always on) with the
+gauges ``vllm:num_requests_running`` and ``vllm:num_requests_waiting``, one sample per model (and engine).
+fleetd serves each model under its instance name (``--served-model-name``), so clients and the gateway
+address replicas of one instance by one name whatever the model path.
 """
 
 from __future__ import annotations
 
-from fleetd.core.desired import BackendType
+from fleetd.core.desired import BackendType, InstanceSpec
+from fleetd.runtimes.commands import option_arguments
+from fleetd.runtimes.probes import ProbeSpec, prometheus_gauge_sum
 from fleetd.runtimes.spec import OptionSpec, RuntimeSpec, ValueKind, flag_options, typed_options
 
 _I, _F, _S = ValueKind.INT, ValueKind.FLOAT, ValueKind.STR
@@ -86,3 +93,30 @@ RUNTIME = RuntimeSpec(
     gpu_vendors=frozenset({"nvidia", "amd"}),
     platforms=frozenset({"linux-x86_64", "linux-aarch64"}),
 )
+
+
+CONTAINER_EXECUTABLE = "vllm"
+"""On the ``PATH`` of the ``vllm/vllm-openai`` images."""
+
+PROBES = ProbeSpec(health_path="/health", models_path="/v1/models", in_flight_path="/metrics")
+
+
+def argv(spec: InstanceSpec, *, executable: str, host: str, port: int) -> tuple[str, ...]:
+    """``vllm serve MODEL --host H --port P --served-model-name INSTANCE`` then the options' flags by name."""
+    return (
+        executable,
+        "serve",
+        spec.model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        spec.name,
+        *option_arguments(spec.options, OPTIONS),
+    )
+
+
+def parse_in_flight(body: str) -> int | None:
+    """``vllm:num_requests_running`` summed over its label sets, from a ``/metrics`` body."""
+    return prometheus_gauge_sum(body, "vllm:num_requests_running")

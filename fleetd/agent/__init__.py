@@ -1,0 +1,1 @@
+"""The node agent: supervises replica processes, probes them, installs backends, reports node facts."""

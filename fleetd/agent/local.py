@@ -1,0 +1,158 @@
+"""``LocalAgent``: the in-process ``AgentClient`` of the embedded mode (and, behind gRPC, of ``fleetd agent``).
+
+It turns the executor's commands into work for this node's supervisor: a ``load`` resolves the backend's
+installed executable, takes a port, builds the argv (``fleetd.runtimes``; nothing here branches on backend
+type) and waits until the replica is healthy or failed. Every command is idempotent: loading a replica that
+already runs with the same config hash returns it; unloading one that is gone answers ``False``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from fleetd.agent.installing import install_backend, installed_backends, installed_executable
+from fleetd.agent.node_facts import read_node_facts
+from fleetd.agent.ports import PortAllocator, PortsExhausted
+from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
+from fleetd.core.desired import BackendSpec
+from fleetd.core.observed import ReplicaState
+from fleetd.runtimes import build_command
+from fleetd.transport.agent_api import (
+    AgentError,
+    InstallResult,
+    LaunchRequest,
+    NodeReport,
+    ProgressSink,
+    ReplicaStatus,
+)
+
+STARTUP_SLACK_S = 5.0
+"""Waited beyond the startup timeout, so the supervisor's own verdict (restart or fail) arrives first."""
+
+
+class LocalAgent:
+    """The agent of this machine; ``start()`` adopts what an earlier agent left running."""
+
+    def __init__(
+        self,
+        node: str,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        ports: PortAllocator | None = None,
+        prober: Prober = default_prober,
+        stable_after_s: float = 60.0,
+    ) -> None:
+        self._node = node
+        self._state_dir = state_dir
+        self._host = host
+        self._ports = ports or PortAllocator(host=host)
+        self._supervisor = Supervisor(
+            state_dir / "agent", ports=self._ports, prober=prober, stable_after_s=stable_after_s
+        )
+        self._locks: dict[tuple[str, int], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._gpu_vendor: str | None = None
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    def start(self) -> None:
+        self._supervisor.start()
+
+    def close(self, *, stop_replicas: bool = False) -> None:
+        self._supervisor.close(stop_replicas=stop_replicas)
+
+    def install_backend(self, backend: BackendSpec, *, progress: ProgressSink | None = None) -> InstallResult:
+        return install_backend(backend, state_dir=self._state_dir, progress=progress)
+
+    def load(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+        key = (request.spec.name, request.replica)
+        with self._lock_for(key):
+            current = self._supervisor.get(*key)
+            if (
+                current is not None
+                and current.config_hash == request.config_hash
+                and current.state is not ReplicaState.FAILED
+            ):
+                return self._wait(request, timeout_s)
+            if current is not None:
+                self._supervisor.stop(*key)
+            self._supervisor.start_replica(self._launch(request))
+            return self._wait(request, timeout_s)
+
+    def restart(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+        """Stop, then start with the new config (the planner reserved room for both when it chose surge)."""
+        key = (request.spec.name, request.replica)
+        with self._lock_for(key):
+            self._supervisor.stop(*key)
+            self._supervisor.start_replica(self._launch(request))
+            return self._wait(request, timeout_s)
+
+    def unload(self, instance: str, replica: int, *, grace_s: float = 10.0) -> bool:
+        with self._lock_for((instance, replica)):
+            return self._supervisor.stop(instance, replica, grace_s=grace_s)
+
+    def list_replicas(self) -> tuple[ReplicaStatus, ...]:
+        return self._supervisor.list()
+
+    def health(self) -> NodeReport:
+        report = read_node_facts(self._node, backends=installed_backends(state_dir=self._state_dir))
+        self._gpu_vendor = report.gpu_vendor
+        return report
+
+    # helpers ------------------------------------------------------------------------------------------------
+
+    def _launch(self, request: LaunchRequest) -> Launch:
+        spec, backend = request.spec, request.backend
+        executable = installed_executable(backend, state_dir=self._state_dir)
+        if executable is None:
+            raise AgentError(
+                f"backend {backend.name} is not installed on node {self._node}: apply a plan with its "
+                "install_backend action first"
+            )
+        try:
+            port = self._ports.allocate()
+        except PortsExhausted as exc:
+            raise AgentError(f"node {self._node}: {exc}") from exc
+        templates = {key: value.template for key, value in spec.environment}
+        if self._gpu_vendor is None:
+            self.health()
+        command = build_command(
+            spec,
+            backend,
+            executable=executable,
+            host=self._host,
+            port=port,
+            replica=request.replica,
+            environment=templates,
+            gpu_vendor=self._gpu_vendor or "none",
+        )
+        return Launch(
+            instance=spec.name,
+            replica=request.replica,
+            backend_type=backend.type,
+            argv=command.argv,
+            env=command.env,
+            host=self._host,
+            port=port,
+            config_hash=request.config_hash,
+            vram_bytes=request.vram_bytes,
+            restart=spec.restart,
+            health=spec.health,
+            container=command.container,
+        )
+
+    def _wait(self, request: LaunchRequest, timeout_s: float | None) -> ReplicaStatus:
+        if timeout_s is None:
+            timeout_s = request.spec.health.startup_timeout_ms / 1000 + STARTUP_SLACK_S
+        status = self._supervisor.wait(request.spec.name, request.replica, timeout_s=timeout_s)
+        if status is None:
+            raise AgentError(f"replica {request.spec.name}/{request.replica} was unloaded while starting")
+        return status
+
+    def _lock_for(self, key: tuple[str, int]) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())

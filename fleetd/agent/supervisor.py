@@ -1,0 +1,502 @@
+"""The supervisor: starts, watches, restarts and stops the replica processes of one node.
+
+Each replica is a process in its own session (so a one-shot ``fleetd apply`` leaves it running and a crashed
+agent does not take it down), writing to its own log file. One monitor thread does everything that happens
+over time: it notices a process that exited and restarts it under the instance's restart policy (doubling
+delays up to a cap, reset after a stable period; once ``max_restarts`` is used up the replica is ``failed``
+with its last log lines, not restarted forever), runs the startup probe until the backend answers, and then
+the periodic probe, where a timeout with the port open is "busy", not dead, and only ``failure_threshold``
+consecutive failures make a replica ``unhealthy`` (the planner then replaces it).
+
+What it started is written to ``<state>/replicas/<instance>.<replica>.json`` (pid, process start time, argv,
+port) before anything else happens, so an agent started again after SIGKILL adopts the processes that still
+run and match all three (the pid and start time exactly; the arguments after the executable, since a script's
+interpreter shows in its command line), and restarts the ones that died: no orphan, no duplicate. Secrets are never written:
+the environment is kept as its templates and resolved again from the agent's environment on a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from fleetd.agent.ports import PortAllocator
+from fleetd.agent.probing import ProbeOutcome, ProbeResult, probe
+from fleetd.core.desired import ENV_REFERENCE, BackendType, HealthPolicy, RestartPolicy
+from fleetd.core.observed import ReplicaState
+from fleetd.runtimes.probes import ProbeSpec, probe_spec
+from fleetd.transport.agent_api import ReplicaStatus
+
+LOG_TAIL_LINES = 20
+Prober = Callable[[str, ProbeSpec, BackendType, float], ProbeResult]
+
+
+def default_prober(address: str, spec: ProbeSpec, backend_type: BackendType, timeout_s: float) -> ProbeResult:
+    return probe(address, spec, backend_type, timeout_s=timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to (re)start one replica, without secret values: what the state file holds."""
+
+    instance: str
+    replica: int
+    backend_type: BackendType
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    """Environment to add, as templates: ``${env:NAME}`` references are resolved from the agent's environment
+    at each start, so the state file never holds a secret value."""
+    host: str
+    port: int
+    config_hash: str
+    vram_bytes: int = 0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    container: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.instance, self.replica)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class _Replica:
+    launch: Launch
+    log_path: Path
+    state: ReplicaState = ReplicaState.STARTING
+    popen: subprocess.Popen[bytes] | None = None
+    process: psutil.Process | None = None
+    pid: int | None = None
+    process_start: float | None = None
+    started_at: float = 0.0
+    next_probe_at: float = 0.0
+    restart_at: float | None = None
+    restarts: int = 0
+    """Restarts since the replica was loaded (shown to people)."""
+    streak: int = 0
+    """Restarts since the last stable period (what ``max_restarts`` and the doubling delay count)."""
+    failures: int = 0
+    last_error: str | None = None
+    in_flight: int = 0
+    last_used_ms: int | None = None
+    healthy_once: bool = False
+
+
+class Supervisor:
+    """Replica processes of one node, watched by one monitor thread. Thread-safe."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        ports: PortAllocator | None = None,
+        prober: Prober = default_prober,
+        stable_after_s: float = 60.0,
+        tick_s: float = 0.05,
+        log_max_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self._dir = state_dir / "replicas"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._ports = ports or PortAllocator()
+        self._prober = prober
+        self._stable_after_s = stable_after_s
+        self._tick_s = tick_s
+        self._log_max_bytes = log_max_bytes
+        self._replicas: dict[tuple[str, int], _Replica] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle of the supervisor itself ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt what an earlier agent left running, then start watching."""
+        self._adopt_all()
+        self._thread = threading.Thread(target=self._run, name="fleetd-supervisor", daemon=True)
+        self._thread.start()
+
+    def close(self, *, stop_replicas: bool = False, grace_s: float = 10.0) -> None:
+        """Stop watching. Replicas keep running (the next agent adopts them) unless ``stop_replicas``."""
+        if stop_replicas:
+            for key in list(self._replicas):
+                self.stop(*key, grace_s=grace_s)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # commands -----------------------------------------------------------------------------------------------
+
+    def start_replica(self, launch: Launch) -> ReplicaStatus:
+        """Start a replica (the caller checked no other process holds its key)."""
+        with self._lock:
+            log_path = self._dir / f"{launch.instance}.{launch.replica}.log"
+            replica = _Replica(launch, log_path)
+            self._replicas[launch.key] = replica
+            self._spawn(replica)
+            return self._status(replica)
+
+    def wait(self, instance: str, replica: int, *, timeout_s: float) -> ReplicaStatus | None:
+        """Wait until the replica is running, unhealthy or failed (or ``timeout_s``); ``None`` if unknown."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                found = self._replicas.get((instance, replica))
+                if found is None:
+                    return None
+                settled = found.state in (ReplicaState.RUNNING, ReplicaState.FAILED, ReplicaState.UNHEALTHY)
+                left = deadline - time.monotonic()
+                if settled or left <= 0:
+                    return self._status(found)
+                self._changed.wait(timeout=min(left, 0.5))
+
+    def stop(self, instance: str, replica: int, *, grace_s: float = 10.0) -> bool:
+        """SIGTERM the replica's process group, SIGKILL it after ``grace_s``; forget the replica."""
+        with self._lock:
+            found = self._replicas.get((instance, replica))
+            if found is None:
+                return False
+            found.state = ReplicaState.STOPPING
+            found.restart_at = None
+        self._terminate(found, grace_s)
+        with self._changed:
+            self._replicas.pop((instance, replica), None)
+            self._ports.release(found.launch.port)
+            self._state_file(found.launch).unlink(missing_ok=True)
+            self._changed.notify_all()
+        return True
+
+    def get(self, instance: str, replica: int) -> ReplicaStatus | None:
+        with self._lock:
+            found = self._replicas.get((instance, replica))
+            return self._status(found) if found is not None else None
+
+    def launch_of(self, instance: str, replica: int) -> Launch | None:
+        with self._lock:
+            found = self._replicas.get((instance, replica))
+            return found.launch if found is not None else None
+
+    def list(self) -> tuple[ReplicaStatus, ...]:
+        with self._lock:
+            return tuple(self._status(self._replicas[k]) for k in sorted(self._replicas))
+
+    # the monitor --------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            with self._lock:
+                replicas = list(self._replicas.values())
+            for replica in replicas:
+                try:
+                    self._check(replica)
+                except Exception as exc:  # one replica's trouble must not stop the others' supervision
+                    replica.last_error = f"supervisor: {exc}"
+
+    def _check(self, replica: _Replica) -> None:
+        now = time.monotonic()
+        if replica.state is ReplicaState.STOPPING:
+            return
+        if replica.restart_at is not None:
+            if now >= replica.restart_at:
+                with self._lock:
+                    if replica.restart_at is not None:  # not stopped meanwhile (stop() clears it)
+                        self._spawn(replica)
+            return
+        if replica.state is ReplicaState.FAILED:
+            return
+        exit_code = self._exit_code(replica)
+        if exit_code is not None:
+            self._crashed(replica, f"exited with status {exit_code}")
+            return
+        self._rotate_log(replica)
+        if now < replica.next_probe_at:
+            return
+        timeout_s = replica.launch.health.timeout_ms / 1000
+        result = self._prober(
+            replica.launch.address, probe_spec(replica.launch.backend_type), replica.launch.backend_type, timeout_s
+        )
+        self._probed(replica, result, time.monotonic())
+
+    def _probed(self, replica: _Replica, result: ProbeResult, now: float) -> None:
+        health = replica.launch.health
+        with self._changed:
+            if replica.state is ReplicaState.STOPPING or replica.restart_at is not None:
+                return
+            if result.in_flight is not None:
+                replica.in_flight = result.in_flight
+                if result.in_flight > 0:
+                    replica.last_used_ms = time.time_ns() // 1_000_000
+            if replica.state is ReplicaState.STARTING:
+                replica.next_probe_at = now + min(1.0, health.interval_ms / 1000)
+                if result.outcome is ProbeOutcome.HEALTHY:
+                    replica.state, replica.failures, replica.healthy_once = ReplicaState.RUNNING, 0, True
+                    replica.next_probe_at = now + health.interval_ms / 1000
+                    self._changed.notify_all()
+                elif now - replica.started_at > health.startup_timeout_ms / 1000:
+                    self._terminate(replica, 2.0)
+                    self._crashed(
+                        replica, f"not healthy within the startup timeout ({health.startup_timeout_ms} ms)"
+                    )
+                return
+            replica.next_probe_at = now + health.interval_ms / 1000
+            if result.outcome is ProbeOutcome.HEALTHY:
+                if replica.state is not ReplicaState.RUNNING:
+                    replica.state = ReplicaState.RUNNING
+                    self._changed.notify_all()
+                replica.failures = 0
+                if replica.streak and now - replica.started_at >= self._stable_after_s:
+                    replica.streak = 0  # stable again: the next crash starts over at the first delay
+                return
+            if result.outcome is ProbeOutcome.BUSY:
+                return  # a single-threaded server in a long generation cannot answer: busy is not dead
+            replica.failures += 1
+            replica.last_error = f"health probe failed: {result.detail}"
+            if replica.failures >= health.failure_threshold and replica.state is not ReplicaState.UNHEALTHY:
+                replica.state = ReplicaState.UNHEALTHY
+                self._changed.notify_all()
+
+    def _crashed(self, replica: _Replica, why: str) -> None:
+        """The process is gone: restart it after the policy's delay, or mark the replica failed."""
+        policy = replica.launch.restart
+        with self._changed:
+            if replica.state is ReplicaState.STOPPING:
+                return
+            replica.last_error = why
+            replica.popen, replica.process, replica.pid = None, None, None
+            limit_reached = policy.max_restarts != -1 and replica.streak >= policy.max_restarts
+            if not policy.auto_restart or limit_reached:
+                tail = self.log_tail(replica)
+                replica.state = ReplicaState.FAILED
+                replica.last_error = (
+                    f"{why}; gave up after {replica.streak} restarts" if policy.auto_restart else why
+                ) + ("\n" + "\n".join(tail) if tail else "")
+                self._changed.notify_all()
+                return
+            if replica.started_at and time.monotonic() - replica.started_at >= self._stable_after_s:
+                replica.streak = 0
+            delay_ms = min(policy.restart_delay_ms * 2**replica.streak, policy.restart_max_delay_ms)
+            replica.restart_at = time.monotonic() + delay_ms / 1000
+            replica.state = ReplicaState.STARTING
+            replica.streak += 1
+            replica.restarts += 1
+            self._changed.notify_all()
+
+    # processes ----------------------------------------------------------------------------------------------
+
+    def _spawn(self, replica: _Replica) -> None:
+        launch = replica.launch
+        env = dict(os.environ)
+        try:
+            env.update({key: expand(template, os.environ) for key, template in launch.env})
+        except KeyError as exc:
+            replica.restart_at = None
+            replica.state = ReplicaState.FAILED
+            replica.last_error = f"environment variable {exc.args[0]} is not set on this node"
+            self._changed.notify_all()
+            return
+        env.update({"PORT": str(launch.port), "HOST": launch.host})
+        with replica.log_path.open("ab") as log:
+            log.write(f"--- fleetd: starting {' '.join(launch.argv)}\n".encode())
+            log.flush()
+            try:
+                popen = subprocess.Popen(
+                    launch.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # its own session: it outlives this agent, and is killed as a group
+                    close_fds=True,
+                )
+            except OSError as exc:
+                replica.restart_at = None
+                replica.state = ReplicaState.FAILED
+                replica.last_error = f"cannot start {launch.argv[0]}: {exc}"
+                self._changed.notify_all()
+                return
+        process = psutil.Process(popen.pid)
+        replica.popen, replica.process, replica.pid = popen, process, popen.pid
+        replica.process_start = process.create_time()
+        replica.started_at = time.monotonic()
+        replica.next_probe_at = replica.started_at
+        replica.restart_at = None
+        replica.state = ReplicaState.STARTING
+        replica.failures = 0
+        self._write_state(replica)
+
+    def _exit_code(self, replica: _Replica) -> int | None:
+        if replica.popen is not None:
+            return replica.popen.poll()
+        process = replica.process
+        if process is None:
+            return -1
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            pass
+        return -1
+
+    def _terminate(self, replica: _Replica, grace_s: float) -> None:
+        pid = replica.pid
+        if pid is None or self._exit_code(replica) is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self._exit_code(replica) is None:
+            self._stop.wait(0.02)
+        if self._exit_code(replica) is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            if replica.popen is not None:
+                replica.popen.wait(timeout=5)
+            elif replica.process is not None:
+                with contextlib.suppress(psutil.Error):
+                    replica.process.wait(timeout=5)
+
+    # state files and adoption -------------------------------------------------------------------------------
+
+    def _state_file(self, launch: Launch) -> Path:
+        return self._dir / f"{launch.instance}.{launch.replica}.json"
+
+    def _write_state(self, replica: _Replica) -> None:
+        launch = replica.launch
+        record = {
+            "launch": asdict(launch),
+            "pid": replica.pid,
+            "process_start": replica.process_start,
+            "restarts": replica.restarts,
+        }
+        path = self._state_file(launch)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        tmp.replace(path)
+
+    def _adopt_all(self) -> None:
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                launch = _launch_from(record["launch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            replica = _Replica(launch, path.with_suffix(".log"), restarts=int(record.get("restarts", 0)))
+            self._ports.claim(launch.port)
+            process = _matching_process(record.get("pid"), record.get("process_start"), launch.argv)
+            with self._lock:
+                self._replicas[launch.key] = replica
+                if process is None:
+                    # It died while no agent watched: start it again (the policy decides when), never twice.
+                    replica.state = ReplicaState.STARTING
+                    self._crashed(replica, "exited while the agent was down")
+                    continue
+                replica.process, replica.pid = process, process.pid
+                replica.process_start = record.get("process_start")
+                replica.started_at = time.monotonic()
+                replica.next_probe_at = replica.started_at
+                replica.state = ReplicaState.STARTING  # until the first probe says it is healthy
+
+    def log_tail(self, replica: _Replica, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
+        try:
+            with replica.log_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16_384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ()
+        return tuple(line for line in text.splitlines() if line.strip())[-lines:]
+
+    def _rotate_log(self, replica: _Replica) -> None:
+        """Copy and truncate a log past its size limit; the process keeps its append-mode descriptor."""
+        try:
+            if replica.log_path.stat().st_size <= self._log_max_bytes:
+                return
+            rotated = replica.log_path.with_suffix(".log.1")
+            rotated.write_bytes(replica.log_path.read_bytes())
+            with replica.log_path.open("r+b") as f:
+                f.truncate(0)
+        except OSError:
+            return
+
+    def _status(self, replica: _Replica) -> ReplicaStatus:
+        launch = replica.launch
+        return ReplicaStatus(
+            instance=launch.instance,
+            replica=launch.replica,
+            state=replica.state,
+            config_hash=launch.config_hash,
+            address=launch.address,
+            pid=replica.pid,
+            process_start=f"{replica.process_start:.3f}" if replica.process_start is not None else None,
+            container=launch.container,
+            restarts=replica.restarts,
+            last_error=replica.last_error,
+            in_flight=replica.in_flight,
+            last_used_ms=replica.last_used_ms,
+            vram_bytes=launch.vram_bytes,
+            log_tail=self.log_tail(replica) if replica.state is ReplicaState.FAILED else (),
+        )
+
+
+def expand(template: str, source: Mapping[str, str]) -> str:
+    """``template`` with its ``${env:NAME}`` references replaced from ``source`` (``KeyError`` names one unset)."""
+    return ENV_REFERENCE.sub(lambda m: source[m.group(1)], template)
+
+
+def _launch_from(data: Mapping[str, object]) -> Launch:
+    restart = data["restart"]
+    health = data["health"]
+    argv = data["argv"]
+    env = data["env"]
+    assert isinstance(restart, dict) and isinstance(health, dict) and isinstance(argv, list)
+    assert isinstance(env, list)
+    return Launch(
+        instance=str(data["instance"]),
+        replica=int(str(data["replica"])),
+        backend_type=BackendType(str(data["backend_type"])),
+        argv=tuple(str(a) for a in argv),
+        env=tuple((str(k), str(v)) for k, v in env),
+        host=str(data["host"]),
+        port=int(str(data["port"])),
+        config_hash=str(data["config_hash"]),
+        vram_bytes=int(str(data["vram_bytes"])),
+        restart=RestartPolicy(**restart),
+        health=HealthPolicy(**health),
+        container=str(data["container"]) if data.get("container") else None,
+    )
+
+
+def _same_command(cmdline: tuple[str, ...], argv: tuple[str, ...]) -> bool:
+    """Whether a process's command line is the one we started: equal, or, for a script whose interpreter
+    (``#!``) or ``exec`` replaced the first words, ending with the same arguments."""
+    return cmdline == argv or (len(argv) > 1 and cmdline[-(len(argv) - 1) :] == argv[1:])
+
+
+def _matching_process(pid: object, start: object, argv: tuple[str, ...]) -> psutil.Process | None:
+    """The process ``pid`` if it is still the one we started: same start time and same argv."""
+    if not isinstance(pid, int) or not isinstance(start, int | float):
+        return None
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - start) > 0.01 or not _same_command(tuple(process.cmdline()), argv):
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return process

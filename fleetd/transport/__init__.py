@@ -1,0 +1,1 @@
+"""How the controller reaches agents: the ``AgentClient`` protocol and its implementations' shared types."""

@@ -1,0 +1,135 @@
+"""The ``AgentClient`` protocol: the only way the executor reaches a node (DESIGN.md section 3).
+
+The embedded mode implements it in-process (``fleetd.agent.local``); the distributed mode will implement it over
+gRPC. Both must pass ``tests/agent/test_contract.py``. The calls are synchronous and idempotent: ``load`` of a
+replica that already runs with the same config hash returns its status, ``unload`` of one that is gone returns
+``False``. A call that cannot do its work raises ``AgentError`` with a message for people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleetd.core.desired import BackendSpec, InstanceSpec
+from fleetd.core.observed import ReplicaState
+
+
+class AgentError(Exception):
+    """An agent could not do what it was asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    """Everything an agent needs to start one replica. ``config_hash`` is the planner's hash of the launch
+    config; the agent reports it back so the planner sees the replica as converged."""
+
+    spec: InstanceSpec
+    backend: BackendSpec
+    replica: int
+    config_hash: str
+    vram_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """What an agent knows of one replica process it supervises."""
+
+    instance: str
+    replica: int
+    state: ReplicaState
+    config_hash: str
+    address: str | None = None
+    """``host:port`` where the backend listens."""
+    pid: int | None = None
+    process_start: str | None = None
+    """The process's start time as the OS reports it (with pid and argv, what adoption matches on)."""
+    container: str | None = None
+    restarts: int = 0
+    last_error: str | None = None
+    in_flight: int = 0
+    last_used_ms: int | None = None
+    vram_bytes: int = 0
+    log_tail: tuple[str, ...] = ()
+    """The last lines of the replica's log, for a failed replica."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstallProgress:
+    """One step of a backend install, for a progress bar or an event."""
+
+    backend: str
+    step: str
+    """``venv``, ``pip``, ``check``, ``pull``, ``done``."""
+    message: str
+    fraction: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    backend: str
+    executable: str
+    """What the replica's argv starts with (a path, or ``docker`` for an image)."""
+    version: str
+    changed: bool
+    """False when the backend was already installed with this recipe."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """The node's facts: GPU vendor (``none`` without a GPU), memory, platform, installed backends."""
+
+    node: str
+    gpu_vendor: str
+    gpus: tuple[GpuInfo, ...]
+    total_vram: int
+    available_vram: int
+    total_ram: int
+    available_ram: int
+    platform: str
+    """``sys.platform``-machine, e.g. ``linux-x86_64``, ``darwin-arm64``."""
+    backends: tuple[str, ...] = ()
+
+
+ProgressSink = Callable[[InstallProgress], None]
+
+
+class AgentClient(Protocol):
+    """Commands to the agent of one node."""
+
+    @property
+    def node(self) -> str: ...
+
+    def install_backend(self, backend: BackendSpec, *, progress: ProgressSink | None = None) -> InstallResult:
+        """Make ``backend`` runnable here (idempotent; a recipe change re-installs)."""
+        ...
+
+    def load(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+        """Start the replica and wait until it is healthy, failed, or ``timeout_s`` passed (default: the
+        instance's startup timeout). Returns its status; ``state`` says which."""
+        ...
+
+    def restart(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+        """Replace the replica's process with one started from ``request`` (stop, then start)."""
+        ...
+
+    def unload(self, instance: str, replica: int, *, grace_s: float = 10.0) -> bool:
+        """Stop the replica (SIGTERM, ``grace_s``, SIGKILL); ``False`` when there was none."""
+        ...
+
+    def list_replicas(self) -> tuple[ReplicaStatus, ...]:
+        """Every replica this agent supervises, sorted by (instance, replica)."""
+        ...
+
+    def health(self) -> NodeReport:
+        """The node's facts now (GPU memory read live)."""
+        ...

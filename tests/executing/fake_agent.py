@@ -1,0 +1,198 @@
+"""A fake ``AgentClient`` for the executor's tests: honest to the protocol, with knobs for failures and timing.
+
+It keeps its replicas in a dict (a load of a replica it already runs with the same config hash returns it,
+an unload of one it does not know returns ``False``), can be told to fail a call (``fail``), to report a
+started replica in another state (``start_as``), and to hold calls until the test releases them (``hold``).
+Every call is written to a ``CallLog`` shared by the fakes of one test, with start and end ticks from one
+counter, so tests can check order across nodes; the log also counts calls in progress per node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fleetd.core.desired import BackendSpec
+from fleetd.core.observed import ReplicaState
+from fleetd.transport.agent_api import (
+    AgentError,
+    InstallResult,
+    LaunchRequest,
+    NodeReport,
+    ProgressSink,
+    ReplicaStatus,
+)
+
+HOLD_LIMIT_S = 30.0
+"""A held call that nobody releases fails after this long, so a broken test fails instead of hanging."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    node: str
+    method: str
+    target: str
+    started: int
+    ended: int
+
+
+class CallLog:
+    """Calls of all the fakes of a test, with ticks from one counter, and calls in progress per node."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(1)
+        self._lock = threading.Condition()
+        self.calls: list[Call] = []
+        self.active: Counter[str] = Counter()
+        self.max_active: Counter[str] = Counter()
+
+    def begin(self, node: str) -> int:
+        with self._lock:
+            self.active[node] += 1
+            self.max_active[node] = max(self.max_active[node], self.active[node])
+            self._lock.notify_all()
+            return next(self._ticks)
+
+    def end(self, node: str, method: str, target: str, started: int) -> None:
+        with self._lock:
+            self.active[node] -= 1
+            self.calls.append(Call(node, method, target, started, next(self._ticks)))
+            self._lock.notify_all()
+
+    def wait_for_active(self, counts: dict[str, int], timeout_s: float = 10.0) -> bool:
+        """Block until exactly ``counts`` calls are in progress on those nodes (False when that never happens)."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: all(self.active[n] == c for n, c in counts.items()), timeout=timeout_s
+            )
+
+    def of(self, method: str | None = None) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if method is None or c.method == method]
+
+    def find(self, method: str, target: str) -> Call:
+        [call] = [c for c in self.of(method) if c.target == target]
+        return call
+
+
+@dataclass
+class FakeAgent:
+    name: str
+    log: CallLog
+    replicas: dict[tuple[str, int], ReplicaStatus] = field(default_factory=dict)
+    installed: dict[str, str] = field(default_factory=dict)
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(method, target) -> AgentError message; target ``*`` matches every call of the method."""
+    holds: dict[str, threading.Event] = field(default_factory=dict)
+    start_states: dict[str, ReplicaState] = field(default_factory=dict)
+    """Target -> the state a started replica reports (default running)."""
+    starts: int = 0
+    """Processes started (a load that found its replica already running starts none)."""
+    _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(4000))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # knobs
+    def fail(self, method: str, target: str = "*", message: str = "it broke") -> None:
+        self.failures[(method, target)] = message
+
+    def hold(self, method: str) -> threading.Event:
+        """Calls of ``method`` wait until the returned event is set."""
+        event = self.holds[method] = threading.Event()
+        return event
+
+    def start_as(self, target: str, state: ReplicaState) -> None:
+        self.start_states[target] = state
+
+    # the protocol
+    @property
+    def node(self) -> str:
+        return self.name
+
+    def install_backend(self, backend: BackendSpec, *, progress: ProgressSink | None = None) -> InstallResult:
+        started = self._begin("install_backend", backend.name)
+        try:
+            recipe = f"{backend.install.kind.value}:{backend.install.spec}"
+            changed = self.installed.get(backend.name) != recipe
+            self.installed[backend.name] = recipe
+            return InstallResult(backend.name, f"/opt/{backend.name}/bin/server", "1.0", changed)
+        finally:
+            self.log.end(self.name, "install_backend", backend.name, started)
+
+    def load(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+        target = f"{request.spec.name}/{request.replica}"
+        started = self._begin("load", target)
+        try:
+            key = (request.spec.name, request.replica)
+            with self._lock:
+                current = self.replicas.get(key)
+                if current is not None and current.config_hash == request.config_hash:
+                    return current
+                return self._start(request, target)
+        finally:
+            self.log.end(self.name, "load", target, started)
+
+    def restart(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+        target = f"{request.spec.name}/{request.replica}"
+        started = self._begin("restart", target)
+        try:
+            with self._lock:
+                previous = self.replicas.pop((request.spec.name, request.replica), None)
+                status = self._start(request, target)
+                if previous is not None:
+                    status = dataclasses.replace(status, restarts=previous.restarts + 1)
+                    self.replicas[(request.spec.name, request.replica)] = status
+                return status
+        finally:
+            self.log.end(self.name, "restart", target, started)
+
+    def unload(self, instance: str, replica: int, *, grace_s: float = 10.0) -> bool:
+        target = f"{instance}/{replica}"
+        started = self._begin("unload", target)
+        try:
+            with self._lock:
+                return self.replicas.pop((instance, replica), None) is not None
+        finally:
+            self.log.end(self.name, "unload", target, started)
+
+    def list_replicas(self) -> tuple[ReplicaStatus, ...]:
+        with self._lock:
+            return tuple(self.replicas[k] for k in sorted(self.replicas))
+
+    def health(self) -> NodeReport:
+        return NodeReport(self.name, "nvidia", (), 0, 0, 0, 0, "linux-x86_64", tuple(sorted(self.installed)))
+
+    # internals
+    def _begin(self, method: str, target: str) -> int:
+        started = self.log.begin(self.name)
+        try:
+            event = self.holds.get(method)
+            if event is not None and not event.wait(HOLD_LIMIT_S):
+                raise AgentError(f"{method} {target} was held and never released")
+            message = self.failures.get((method, target)) or self.failures.get((method, "*"))
+            if message is not None:
+                raise AgentError(message)
+        except AgentError:
+            self.log.end(self.name, method, target, started)
+            raise
+        return started
+
+    def _start(self, request: LaunchRequest, target: str) -> ReplicaStatus:
+        self.starts += 1
+        pid = next(self._pids)
+        state = self.start_states.get(target, ReplicaState.RUNNING)
+        status = ReplicaStatus(
+            instance=request.spec.name,
+            replica=request.replica,
+            state=state,
+            config_hash=request.config_hash,
+            address=f"10.0.0.1:{pid}",
+            pid=pid,
+            process_start=f"start-{pid}",
+            last_error=None if state is ReplicaState.RUNNING else f"replica {target} is {state.value}",
+            vram_bytes=request.vram_bytes,
+        )
+        self.replicas[(request.spec.name, request.replica)] = status
+        return status
