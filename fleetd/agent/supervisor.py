@@ -106,7 +106,7 @@ class Supervisor:
         ports: PortAllocator | None = None,
         prober: Prober = default_prober,
         stable_after_s: float = 60.0,
-        tick_s: float = 0.05,
+        tick_s: float = 0.02,
         log_max_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         self._dir = state_dir / "replicas"
@@ -241,7 +241,9 @@ class Supervisor:
                 if result.in_flight > 0:
                     replica.last_used_ms = time.time_ns() // 1_000_000
             if replica.state is ReplicaState.STARTING:
-                replica.next_probe_at = now + min(1.0, health.interval_ms / 1000)
+                # While starting, probe at every tick: a refused connection costs microseconds, and the
+                # moment the backend answers is the moment the replica can take traffic.
+                replica.next_probe_at = now + min(self._tick_s, health.interval_ms / 1000)
                 if result.outcome is ProbeOutcome.HEALTHY:
                     replica.state, replica.failures, replica.healthy_once = ReplicaState.RUNNING, 0, True
                     replica.next_probe_at = now + health.interval_ms / 1000
@@ -357,6 +359,9 @@ class Supervisor:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
+        if replica.popen is not None:  # our child: wait on it directly, no polling delay
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                replica.popen.wait(timeout=grace_s)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and self._exit_code(replica) is None:
             self._stop.wait(0.02)

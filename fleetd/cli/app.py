@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fleetd.cli.apply_command import apply_command
+from fleetd.cli.serve_command import serve
+from fleetd.cli.status_command import status_command
+
 if TYPE_CHECKING:
     from fleetd.core.observed import ObservedState
 
@@ -310,6 +314,11 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+app.command("apply")(apply_command)
+app.command("status")(status_command)
+app.command("serve")(serve)
 
 
 @app.command()

@@ -171,7 +171,7 @@ def _launch(
         )
         row_written = True
         status = start(agent)
-        ctx.writes.upsert_replica(_record(node, request, status))
+        ctx.writes.upsert_replica(replica_record(node, status, vram_bytes=status.vram_bytes or request.vram_bytes))
     except Exception as exc:
         _end_failed_launch(ctx, action, op_id, reservation, exc, row_written=row_written)
         raise
@@ -193,18 +193,19 @@ def _end_failed_launch(
             ctx.writes.set_replica_state(instance, node, index, ReplicaState.FAILED, error=describe(exc))
 
 
-def _record(node: str, request: LaunchRequest, status: ReplicaStatus) -> ReplicaRecord:
+def replica_record(node: str, status: ReplicaStatus, *, vram_bytes: int | None = None) -> ReplicaRecord:
+    """The registry row for what an agent reports of one replica (also the embedded mode's observe step)."""
     return ReplicaRecord(
-        instance=request.spec.name,
+        instance=status.instance,
         node=node,
-        replica=request.replica,
+        replica=status.replica,
         state=status.state,
         address=status.address,
         pid=status.pid,
         process_start=status.process_start,
         container_id=status.container,
         config_hash=status.config_hash,
-        vram_bytes=status.vram_bytes or request.vram_bytes,
+        vram_bytes=status.vram_bytes if vram_bytes is None else vram_bytes,
         restarts=status.restarts,
         last_error=status.last_error,
         in_flight=status.in_flight,

@@ -129,6 +129,7 @@ def observed_from_document(data: Any) -> ObservedState:
     nodes = [_node(item, join("nodes", i)) for i, item in enumerate(top.array("nodes"))]
     replicas = [_replica(item, join("replicas", i)) for i, item in enumerate(top.array("replicas", []))]
     records = [_record(item, join("scheduling", i)) for i, item in enumerate(top.array("scheduling", []))]
+    top.raw("status", None)  # `fleetd status --format json` adds sync/health for people; a plan does not read it
     top.finish()
     _refuse_duplicates("nodes", [n.name for n in nodes], "name")
     _refuse_duplicates("replicas", [(r.instance, r.node, r.replica) for r in replicas], "instance/node/replica")

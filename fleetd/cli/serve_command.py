@@ -1,0 +1,76 @@
+"""``fleetd serve``: the command line of the reconcile daemon (the daemon itself is ``fleetd.daemon.serve``).
+
+Kept in its own module so that ``fleetd.cli.app`` only registers it; the daemon's imports (APScheduler,
+watchfiles, prometheus_client, the agent) load when the command runs, not for every ``fleetd validate``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXIT_ERROR = 1
+
+
+def serve(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
+        ),
+    ] = None,
+    *,
+    interval: Annotated[
+        str, typer.Option("--interval", help="Reconcile at least this often (e.g. 10s, 1m).")
+    ] = "10s",
+    http: Annotated[
+        str,
+        typer.Option("--http", help="Address of /healthz, /readyz, /metrics and /status (HOST:PORT, or 'off')."),
+    ] = "127.0.0.1:9464",
+    stop_on_exit: Annotated[
+        bool, typer.Option("--stop-on-exit", help="Stop the replicas on shutdown (default: leave them running).")
+    ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="FLEETD_DATABASE_URL",
+            help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
+            show_default=False,
+        ),
+    ] = None,
+    lease_ttl: Annotated[str, typer.Option("--lease-ttl", hidden=True)] = "15s",
+) -> None:
+    """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
+    from fleetd.core.units import UnitError, parse_duration_ms
+    from fleetd.daemon.http_api import parse_address
+    from fleetd.daemon.serve import ServeOptions
+    from fleetd.daemon.serve import serve as run_serve
+
+    try:
+        interval_ms = parse_duration_ms(interval)
+        ttl_ms = parse_duration_ms(lease_ttl)
+        address = None if http == "off" else parse_address(http)
+    except (UnitError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+    if interval_ms <= 0 or ttl_ms < 300:
+        sys.stderr.write("error: --interval must be positive and --lease-ttl at least 300ms\n")
+        raise typer.Exit(EXIT_ERROR)
+    options = ServeOptions(
+        paths=tuple(paths or [Path("fleet.yaml")]),
+        interval_s=interval_ms / 1000,
+        http=address,
+        stop_on_exit=stop_on_exit,
+        database_url=database_url,
+        lease_ttl_s=ttl_ms / 1000,
+    )
+    try:
+        code = run_serve(options)
+    except OSError as exc:  # e.g. the HTTP address is in use
+        sys.stderr.write(f"error: fleetd serve: {exc.strerror or exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+    raise typer.Exit(code)

@@ -1,0 +1,36 @@
+"""systemd's notify protocol (``sd_notify(3)``) without a dependency: one datagram on ``$NOTIFY_SOCKET``.
+
+``fleetd serve`` runs as a ``Type=notify`` unit: it sends ``READY=1`` after its first cycle, and with
+``WatchdogSec=`` set, ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC`` while its loop is alive, so systemd
+restarts a hung controller. Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(message: str, *, environ: dict[str, str] | None = None) -> bool:
+    """Send ``message`` (e.g. ``READY=1``); ``False`` when not under systemd or the socket refused it."""
+    address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError:
+        return False
+    return True
+
+
+def watchdog_interval_s(*, environ: dict[str, str] | None = None) -> float | None:
+    """Half the watchdog timeout systemd asks for, or ``None`` when no watchdog is set (or not for us)."""
+    env = environ if environ is not None else os.environ
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000

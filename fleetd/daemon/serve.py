@@ -1,0 +1,304 @@
+"""``fleetd serve``: reconcile continuously, as Argo CD's self-heal does for Kubernetes (DESIGN.md sections 1, 3).
+
+The wiring of the parts, nothing more: triggers (interval tick, manifest watcher, SIGHUP, leadership changes)
+funnel into one worker that runs ``Reconciler.cycle`` one at a time; the ``controller`` lease decides whether
+this process runs cycles at all; the embedded agent (which supervises the replica processes: restarts,
+probes) is opened only while leading, so two controllers on one machine never both supervise one process;
+an HTTP server answers probes, metrics and status; systemd hears READY and WATCHDOG.
+
+Shutdown (SIGTERM/SIGINT) stops the triggers, lets the current cycle finish, gives the lease up and closes the
+agent, leaving the replicas running (the next controller adopts them) unless ``stop_on_exit``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from fleetd.core.timestamps import iso_from_ms
+from fleetd.daemon.embedded import Embedded, open_embedded
+from fleetd.daemon.http_api import Endpoints, HttpApi
+from fleetd.daemon.leadership import Leadership
+from fleetd.daemon.metrics import Metrics
+from fleetd.daemon.reconciler import CycleResult, Reconciler, summary_line
+from fleetd.daemon.sd_notify import notify, watchdog_interval_s
+from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, interval_scheduler
+from fleetd.executing import Fence
+from fleetd.registry.engine import default_state_dir
+from fleetd.registry.facade import open_registry
+from fleetd.transport.agent_api import ReplicaStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    paths: tuple[Path, ...]
+    interval_s: float = 10.0
+    http: tuple[str, int] | None = ("127.0.0.1", 9464)
+    stop_on_exit: bool = False
+    database_url: str | None = None
+    state_dir: Path | None = None
+    lease_ttl_s: float = 15.0
+    watch: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The last cycle as ``/status`` shows it, with the agent's replica list taken right after it."""
+
+    result: CycleResult
+    replicas: tuple[ReplicaStatus, ...]
+
+
+class Daemon:
+    def __init__(self, options: ServeOptions, *, log: TextIO = sys.stderr) -> None:
+        self._options = options
+        self._log = log
+        self._state_dir = options.state_dir or default_state_dir()
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._url = options.database_url or f"sqlite:///{self._state_dir / 'fleetd.db'}"
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._seen: _Seen | None = None
+        self._cycles = 0
+        """Reconcile cycles completed (a follower completes none)."""
+        self._last_error: str | None = None
+        self._shown_problem: str | None = None
+        self._ready_sent = False
+        self._fleet: Embedded | None = None
+        """Used by the worker thread only (and by ``stop`` after the worker ended)."""
+        self.metrics = Metrics()
+        self.reconciler = Reconciler(options.paths, who=f"serve:{socket.gethostname()}:{os.getpid()}")
+        self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed)
+        self.leadership = Leadership(
+            open_registry(self._url),
+            f"serve:{socket.gethostname()}:{os.getpid()}",
+            ttl_ms=int(options.lease_ttl_s * 1000),
+            on_change=self._leadership_changed,
+        )
+        self.watcher = ManifestWatcher(options.paths, self.worker.trigger) if options.watch else None
+        self.scheduler = interval_scheduler(self.worker.trigger, interval_s=options.interval_s)
+        self.http = HttpApi(options.http, self._endpoints()) if options.http is not None else None
+
+    # lifecycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        where = ", ".join(str(p) for p in self._options.paths)
+        http = self.http.address if self.http is not None else "off"
+        self._say(f"watching {where}; http on {http}")
+        if self.http is not None:
+            self.http.start()
+        self.worker.start()
+        self.leadership.start()
+        if self.leadership.fence is None:
+            self._say("not leading; waiting for the lease")
+            self._ready_sent = notify("READY=1") or True
+        if self.watcher is not None:
+            self.watcher.start()
+        self.scheduler.start()
+        self.worker.trigger()
+
+    def run(self) -> int:
+        """Start, then wait for SIGTERM/SIGINT (SIGHUP re-reads the manifest); returns the exit status."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        self.start()
+        watchdog = watchdog_interval_s()
+        while not self._stopping.wait(watchdog or 1.0):
+            if watchdog is not None and self.worker.alive():
+                notify("WATCHDOG=1")
+        notify("STOPPING=1")
+        self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self) -> None:
+        """Stop the triggers, finish the current cycle, give the lease up, close the agent and the server."""
+        self.scheduler.shutdown(wait=False)
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.worker.stop()
+        self.leadership.stop()
+        self._close_fleet(stop_replicas=self._options.stop_on_exit)
+        if self.http is not None:
+            self.http.stop()
+        self._say("stopped" + ("; replicas stopped" if self._options.stop_on_exit else "; replicas left running"))
+
+    @property
+    def last_cycle(self) -> CycleResult | None:
+        with self._lock:
+            return self._seen.result if self._seen is not None else None
+
+    # the worker's cycle -------------------------------------------------------------------------------------
+
+    def _cycle(self) -> None:
+        fence = self.leadership.fence
+        if fence is None:
+            self._close_fleet(stop_replicas=False)  # another controller leads: it supervises the replicas
+            return
+        if self._fleet is None:
+            self._fleet = open_embedded(self._state_dir, database_url=self._options.database_url)
+        result = self.reconciler.cycle(self._fleet, fence)
+        replicas = self._fleet.agent.list_replicas()
+        with self._lock:
+            self._seen = _Seen(result, replicas)
+            self._last_error = None
+            self._cycles += 1
+        self.metrics.record(result)
+        self._report(result)
+        if not self._ready_sent:
+            self._ready_sent = notify("READY=1") or True
+
+    def _close_fleet(self, *, stop_replicas: bool) -> None:
+        if self._fleet is not None:
+            fleet, self._fleet = self._fleet, None
+            fleet.close(stop_replicas=stop_replicas)
+
+    def _cycle_failed(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        with self._lock:
+            self._last_error = message
+        self._say(f"cycle failed: {message}")
+
+    def _report(self, result: CycleResult) -> None:
+        """A line for a cycle that did something, and one when the manifest or plan problem changes."""
+        if result.acted:
+            self._say(summary_line(result))
+        problem = None
+        if result.manifest_errors:
+            kept = "keeping the last good desired state" if result.desired_digest else "nothing to reconcile yet"
+            errors = f"{result.manifest_errors} error{'s' if result.manifest_errors != 1 else ''}"
+            problem = f"manifest invalid ({errors}; {kept}): {result.error_messages[0]}"
+        elif result.refused is not None:
+            problem = f"plan refused: {result.refused}"
+        if problem != self._shown_problem:
+            if problem is not None:
+                self._say(problem)
+            elif self._shown_problem is not None:
+                self._say("manifest valid again" if "manifest" in self._shown_problem else "plan accepted")
+            self._shown_problem = problem
+
+    def _leadership_changed(self, fence: Fence | None) -> None:
+        self.metrics.leader.set(1 if fence is not None else 0)
+        if fence is not None:
+            self._say(f"leading (lease {fence.lease}, epoch {fence.epoch})")
+        elif self._stopping.is_set():
+            self._say("released the lease")
+        else:
+            self._say("not leading; waiting for the lease")
+        if fence is None and not self._ready_sent:
+            self._ready_sent = notify("READY=1") or True
+        self.worker.trigger()
+
+    # signals and output -------------------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping.set()
+
+    def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.worker.trigger()
+
+    def _say(self, line: str) -> None:
+        self._log.write(f"fleetd serve: {line}\n")
+        self._log.flush()
+
+    # HTTP ---------------------------------------------------------------------------------------------------
+
+    def _endpoints(self) -> Endpoints:
+        return Endpoints(
+            alive=lambda: self.worker.alive() and not self._stopping.is_set(),
+            ready=self._ready,
+            metrics=self.metrics.exposition,
+            status=self.status,
+        )
+
+    def _ready(self) -> bool:
+        if not self.leadership.registry_answered:
+            return False
+        with self._lock:
+            return self.leadership.fence is None or self._seen is not None
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            seen, error, cycles = self._seen, self._last_error, self._cycles
+        fence = self.leadership.fence
+        status: dict[str, Any] = {
+            "leader": fence is not None,
+            "holder": self.leadership.holder,
+            "epoch": fence.epoch if fence is not None else None,
+            "cycles": cycles,
+            "last_error": error,
+            "manifest": {"paths": [str(p) for p in self._options.paths]},
+            "last_cycle": None,
+            "last_plan": None,
+            "last_apply": _report_json(self.reconciler),
+            "replicas": [],
+        }
+        if seen is not None:
+            found = _seen_json(seen)
+            status["manifest"].update(found.pop("manifest"))
+            status.update(found)
+        return status
+
+
+def _seen_json(seen: _Seen) -> dict[str, Any]:
+    result = seen.result
+    plan = result.plan
+    return {
+        "last_cycle": {
+            "started": iso_from_ms(result.started_ms),
+            "duration_s": round(result.duration_s, 4),
+            "outcome": result.outcome,
+        },
+        "manifest": {
+            "errors": result.manifest_errors,
+            "messages": list(result.error_messages),
+            "desired_digest": result.desired_digest,
+        },
+        "last_plan": None
+        if plan is None
+        else {
+            "summary": plan.summary(),
+            "actions": [{"id": a.id, "reason": a.reason.value} for a in plan.actions],
+            "unschedulable": [{"instance": u.instance, "missing": u.missing} for u in plan.unschedulable],
+        },
+        "refused": result.refused,
+        "replicas": [
+            {
+                "instance": r.instance,
+                "replica": r.replica,
+                "state": r.state.value,
+                "address": r.address,
+                "pid": r.pid,
+                "config_hash": r.config_hash,
+                "restarts": r.restarts,
+            }
+            for r in sorted(seen.replicas, key=lambda r: (r.instance, r.replica))
+        ],
+    }
+
+
+def _report_json(reconciler: Reconciler) -> dict[str, Any] | None:
+    report = reconciler.last_report
+    if report is None:
+        return None
+    return {
+        "plan_hash": report.plan_hash,
+        "outcomes": [
+            {"id": o.action_id, "status": o.status, "message": o.message, "duration_ms": o.duration_ms}
+            for o in report.outcomes
+        ],
+    }
+
+
+def serve(options: ServeOptions) -> int:
+    return Daemon(options).run()

@@ -1,0 +1,156 @@
+"""What makes ``fleetd serve`` run a cycle, and the one worker that runs them (DESIGN.md section 1).
+
+Every trigger (the APScheduler interval tick, a watchfiles change of the manifest, SIGHUP, a change of
+leadership) only sets one ``Event``; a single worker thread waits on it, clears it and runs a cycle. So cycles
+never overlap, a burst of triggers becomes one cycle, and a trigger that arrives during a cycle causes exactly
+one more cycle after it (the level-triggered reconcile needs no more: it reads everything afresh).
+
+The manifest watcher watches both the paths as given and their resolved targets (and their parent
+directories), and restarts its watch when a symlink now points elsewhere: Kubernetes ConfigMaps and many
+deploy tools swap symlinks (llama-swap #671). It fires only when the manifest's bytes changed, so the
+registry's own SQLite file beside the manifest does not start a loop of cycles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import watchfiles
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+
+from fleetd.manifest.reading import read_manifest_files
+
+WATCH_DEBOUNCE_MS = 100
+
+
+class CycleWorker:
+    """Runs ``cycle()`` on its own thread, once per burst of ``trigger()`` calls, one at a time."""
+
+    def __init__(self, cycle: Callable[[], None], *, on_error: Callable[[BaseException], None]) -> None:
+        self._cycle = cycle
+        self._on_error = on_error
+        self._wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetd-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def trigger(self) -> None:
+        self._wanted.set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Let the current cycle finish, run no more, and wait for the thread."""
+        self._stopping.set()
+        self._wanted.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stopping.is_set():
+                return
+            self._wanted.clear()
+            try:
+                self._cycle()
+            except Exception as exc:  # a failed cycle is reported; the next trigger tries again
+                self._on_error(exc)
+
+
+def interval_scheduler(trigger: Callable[[], None], *, interval_s: float) -> BackgroundScheduler:
+    """An APScheduler interval job that triggers a cycle (with jitter, never piling up missed runs)."""
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(
+        trigger,
+        "interval",
+        seconds=interval_s,
+        jitter=max(0.0, interval_s / 10),
+        max_instances=1,
+        coalesce=True,
+        id="reconcile",
+        misfire_grace_time=None,
+    )
+    return scheduler
+
+
+def manifest_fingerprint(paths: Sequence[Path]) -> str:
+    """A digest of the manifest's files as they would be read now (names, bytes, read errors)."""
+    files, diagnostics = read_manifest_files(paths)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{f.sha256}\0".encode())
+    for d in diagnostics:
+        h.update(f"{d.message}\0".encode())
+    return h.hexdigest()
+
+
+def watch_directories(paths: Sequence[Path]) -> frozenset[Path]:
+    """The directories whose changes can change the manifest: each path's own directory (or itself when it is
+    a directory), both as given and resolved through symlinks; missing ones are skipped."""
+    found: set[Path] = set()
+    for path in paths:
+        absolute = path.absolute()
+        for candidate in (absolute, absolute.resolve()):
+            directory = candidate if candidate.is_dir() else candidate.parent
+            if directory.is_dir():
+                found.add(directory)
+    return frozenset(found)
+
+
+class ManifestWatcher:
+    """A thread that calls ``on_change`` when the manifest's content changes (debounced)."""
+
+    def __init__(self, paths: Sequence[Path], on_change: Callable[[], None]) -> None:
+        self._paths = tuple(paths)
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetd-watch", daemon=True)
+        self._fingerprint = manifest_fingerprint(self._paths)
+        self.last_change_at: float | None = None
+        """``time.monotonic()`` when the last change was noticed (bench/converge.py)."""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            directories = watch_directories(self._paths)
+            if not directories:
+                self._stop.wait(1.0)  # nothing to watch yet; the interval tick still reconciles
+                continue
+            self._watch(directories)
+
+    def _watch(self, directories: frozenset[Path]) -> None:
+        """Watch until stopped or until the set of directories to watch changes (a symlink was swapped)."""
+        for _ in watchfiles.watch(
+            *sorted(directories),
+            debounce=WATCH_DEBOUNCE_MS,
+            step=20,
+            stop_event=self._stop,
+            recursive=False,
+            watch_filter=None,
+            raise_interrupt=False,
+        ):
+            self._check()
+            if watch_directories(self._paths) != directories:
+                return
+
+    def _check(self) -> None:
+        fingerprint = manifest_fingerprint(self._paths)
+        if fingerprint != self._fingerprint:
+            self._fingerprint = fingerprint
+            self.last_change_at = time.monotonic()
+            self._on_change()
