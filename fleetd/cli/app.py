@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fleetd.cli.apply_command import apply_command
+from fleetd.cli.options import DatabaseUrl
 from fleetd.cli.serve_command import serve
 from fleetd.cli.status_command import status_command
 
@@ -141,16 +142,6 @@ def inspect(
 
 db_app = typer.Typer(help="The registry database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="FLEETD_DATABASE_URL",
-        help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
-        show_default=False,
-    ),
-]
 
 
 @db_app.command("upgrade")

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from fleetd.cli.options import DatabaseUrl
+
 if TYPE_CHECKING:
     from fleetd.cli.locking import HeldLease
     from fleetd.executing.report import ActionOutcome, ApplyReport
@@ -61,15 +63,7 @@ def apply_command(
         str,
         typer.Option("--lock-timeout", help="How long to wait for another fleetd's apply to finish."),
     ] = DEFAULT_LOCK_TIMEOUT,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            envvar="FLEETD_DATABASE_URL",
-            help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Make the fleet match the manifest. Exit 0 converged and healthy, 1 on error, 3 when applied but something is
     unhealthy or unschedulable."""

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from fleetd.cli.options import DatabaseUrl
+
 EXIT_ERROR = 1
 
 
@@ -33,15 +35,7 @@ def serve(
     stop_on_exit: Annotated[
         bool, typer.Option("--stop-on-exit", help="Stop the replicas on shutdown (default: leave them running).")
     ] = False,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            envvar="FLEETD_DATABASE_URL",
-            help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
     lease_ttl: Annotated[str, typer.Option("--lease-ttl", hidden=True)] = "15s",
 ) -> None:
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fleetd.cli.options import DatabaseUrl
+
 if TYPE_CHECKING:
     from fleetd.core.desired import DesiredState
     from fleetd.core.observed import ObservedNode, ObservedReplica, ObservedState
@@ -102,15 +104,7 @@ def status_command(
     output_format: Annotated[StatusFormat, typer.Option("--format", "-f", help="Output format.")] = (
         StatusFormat.TEXT
     ),
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            envvar="FLEETD_DATABASE_URL",
-            help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Show nodes and replicas, and whether the fleet matches the manifest (sync) and is healthy. Exit 0."""
     from fleetd.cli.app import EXIT_OK, _registry_errors
