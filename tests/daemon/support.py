@@ -29,12 +29,13 @@ def fake_llama_executable(directory: Path) -> Path:
     return path
 
 
-def instance(name: str, token: str, *, ctx: int = 1024) -> str:
-    """An instance of the fake backend whose model path carries ``token`` (to find and kill its processes)."""
+def instance(name: str, token: str, *, ctx: int = 1024, models: Path | None = None) -> str:
+    """An instance whose model path carries ``token`` (to find and kill its processes); ``models`` is the
+    directory of real model files (``{token}-{name}.gguf``) when the backend is a real llama-server."""
     return (
         f"  {name}:\n"
         "    backend: fake\n"
-        f"    model: /models/{token}-{name}.gguf\n"
+        f"    model: {models or '/models'}/{token}-{name}.gguf\n"
         "    vram: 64MiB\n"
         f"    options: {{ctx_size: {ctx}}}\n"
         "    restart_delay: 100ms\n"

