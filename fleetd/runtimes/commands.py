@@ -109,6 +109,30 @@ def option_arguments(options: tuple[tuple[str, OptionValue], ...], table: Mappin
     return arguments
 
 
+def model_server_argv(
+    spec: InstanceSpec,
+    table: Mapping[str, OptionSpec],
+    *,
+    executable: str,
+    host: str,
+    port: int,
+    extra: tuple[str, ...] = (),
+) -> tuple[str, ...]:
+    """``EXECUTABLE --model M --host H --port P [extra]`` then the options' flags by name: the shape that
+    llama-server and mlx_lm.server share."""
+    return (
+        executable,
+        "--model",
+        spec.model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *extra,
+        *option_arguments(spec.options, table),
+    )
+
+
 def build_command(
     spec: InstanceSpec,
     backend: BackendSpec,

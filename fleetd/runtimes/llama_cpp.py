@@ -11,7 +11,7 @@ model loads and 200 once it is ready.
 from __future__ import annotations
 
 from fleetd.core.desired import BackendType, InstanceSpec
-from fleetd.runtimes.commands import option_arguments
+from fleetd.runtimes.commands import model_server_argv
 from fleetd.runtimes.probes import ProbeSpec, count_processing_slots, prometheus_gauge_sum
 from fleetd.runtimes.spec import OptionSpec, RuntimeSpec, ValueKind, flag_options, typed_options
 
@@ -148,17 +148,7 @@ PROBES = ProbeSpec(health_path="/health", models_path="/v1/models", in_flight_pa
 
 def argv(spec: InstanceSpec, *, executable: str, host: str, port: int) -> tuple[str, ...]:
     """``llama-server --model M --host H --port P --metrics --slots`` then the options' flags by name."""
-    return (
-        executable,
-        "--model",
-        spec.model,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *FLEETD_FLAGS,
-        *option_arguments(spec.options, OPTIONS),
-    )
+    return model_server_argv(spec, OPTIONS, executable=executable, host=host, port=port, extra=FLEETD_FLAGS)
 
 
 def parse_in_flight(body: str) -> int | None:

@@ -7,7 +7,7 @@ metrics endpoint: the number of requests in flight is unknown (``None``), and th
 from __future__ import annotations
 
 from fleetd.core.desired import BackendType, InstanceSpec
-from fleetd.runtimes.commands import option_arguments
+from fleetd.runtimes.commands import model_server_argv
 from fleetd.runtimes.probes import ProbeSpec
 from fleetd.runtimes.spec import OptionSpec, RuntimeSpec, ValueKind, flag_options, typed_options
 
@@ -55,16 +55,7 @@ PROBES = ProbeSpec(health_path="/v1/models", models_path="/v1/models", in_flight
 
 def argv(spec: InstanceSpec, *, executable: str, host: str, port: int) -> tuple[str, ...]:
     """``mlx_lm.server --model M --host H --port P`` then the options' flags by name."""
-    return (
-        executable,
-        "--model",
-        spec.model,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *option_arguments(spec.options, OPTIONS),
-    )
+    return model_server_argv(spec, OPTIONS, executable=executable, host=host, port=port)
 
 
 def parse_in_flight(body: str) -> int | None:
