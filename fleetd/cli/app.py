@@ -251,6 +251,10 @@ def plan_command(
 
         with _registry_errors(database_url or default_database_url()):
             observed = open_registry(database_url).snapshot()
+        if database_url is None and not loaded.desired.nodes_declared:
+            from fleetd.daemon.embedded import preview_local_node
+
+            observed = preview_local_node(observed)  # the embedded mode's one node, before anything registered it
     try:
         result = plan(
             loaded.desired,

@@ -136,7 +136,7 @@ def _apply_locked(
     from fleetd.cli.app import EXIT_ERROR, EXIT_OK
     from fleetd.cli.status_command import manifest_revision, observe_settled
     from fleetd.daemon.embedded import open_embedded
-    from fleetd.executing import PlanMismatch, apply_plan
+    from fleetd.executing import PlanMismatch, apply_plan, save_scheduling
     from fleetd.executing.report import EXIT_DEGRADED
     from fleetd.planning.planner import PlanPolicy, plan
     from fleetd.planning.plans import PlanRefused
@@ -168,6 +168,7 @@ def _apply_locked(
                 hint = "" if "--allow-empty" in str(exc) else "hint: pass --allow-empty to apply it anyway\n"
                 sys.stderr.write(f"error: plan refused: {exc}\n{hint}")
                 return EXIT_ERROR
+            save_scheduling(embedded.registry, the_plan.scheduling, held.fence)  # as serve does, every plan
             if targets:
                 the_plan = only_targets(the_plan, targets)
         if the_plan.is_empty and not the_plan.unschedulable:

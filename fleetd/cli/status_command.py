@@ -108,18 +108,15 @@ def status_command(
 ) -> None:
     """Show nodes and replicas, and whether the fleet matches the manifest (sync) and is healthy. Exit 0."""
     from fleetd.cli.app import EXIT_OK, _registry_errors
-    from fleetd.daemon.embedded import open_embedded
     from fleetd.planning.observed_json import observed_document
     from fleetd.registry.engine import default_database_url
 
     manifest_paths = list(paths) if paths else ([Path("fleet.yaml")] if Path("fleet.yaml").exists() else [])
     loaded = load_or_exit(manifest_paths) if manifest_paths else None
     with _registry_errors(database_url or default_database_url()):
-        embedded = open_embedded(database_url=database_url)
-        try:
-            observed = observe_settled(embedded)
-        finally:
-            embedded.close(stop_replicas=False)
+        observed, holder = _observe(database_url)
+    if holder is not None:
+        sys.stderr.write(f"note: {holder} holds the controller lease; showing the fleet as it last recorded it\n")
     status = fleet_status(observed, loaded)
     if output_format is StatusFormat.JSON:
         import json
@@ -130,6 +127,30 @@ def status_command(
     else:
         sys.stdout.write(render_status_text(observed, status))
     raise typer.Exit(EXIT_OK)
+
+
+def _observe(database_url: str | None) -> tuple[ObservedState, str | None]:
+    """The fleet as the local agent sees it, taken under the controller lease; while another controller holds
+    the lease (a running ``fleetd serve``, an apply), the registry as that controller last recorded it, and its
+    name. A second agent would supervise the same processes twice: two restarts of one crash."""
+    from fleetd.cli import locking
+    from fleetd.daemon.embedded import open_embedded
+    from fleetd.registry.facade import open_registry
+
+    registry = open_registry(database_url)
+    try:
+        try:
+            held = locking.acquire(registry, locking.holder_id("status"), timeout_s=0)
+        except locking.LockBusy as busy:
+            return registry.snapshot(), busy.holder or "another fleetd"
+        with locking.renewed(registry, held):
+            embedded = open_embedded(database_url=database_url)
+            try:
+                return observe_settled(embedded), None
+            finally:
+                embedded.close(stop_replicas=False)
+    finally:
+        registry.engine.dispose()
 
 
 # shared with fleetd apply ------------------------------------------------------------------------------------

@@ -9,13 +9,16 @@ one consistent snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import and_, delete, select
 
+from fleetd.agent.installing import installed_backends
 from fleetd.agent.local import LocalAgent
-from fleetd.core.observed import ObservedState
+from fleetd.agent.node_facts import read_node_facts
+from fleetd.core.observed import NodeStatus, ObservedNode, ObservedState
 from fleetd.executing.steps import replica_record
 from fleetd.registry import nodes, replicas
 from fleetd.registry.engine import default_state_dir
@@ -65,6 +68,31 @@ def open_embedded(
     registry.approve_node(node)
     record_report(registry, report)
     return Embedded(registry, agent, state)
+
+
+def preview_local_node(observed: ObservedState, state_dir: Path | None = None) -> ObservedState:
+    """``observed`` with this machine as the local node when the registry does not know it yet.
+
+    It is what the first ``apply`` or ``serve`` registers, read without starting an agent or writing anything,
+    so that ``fleetd plan`` on a fresh machine plans placements instead of calling every instance
+    unschedulable.
+    """
+    if any(node.name == LOCAL_NODE for node in observed.nodes):
+        return observed
+    report = read_node_facts(LOCAL_NODE, backends=installed_backends(state_dir=state_dir or default_state_dir()))
+    node = ObservedNode(
+        name=LOCAL_NODE,
+        status=NodeStatus.HEALTHY,
+        labels=tuple(sorted(nodes.auto_labels(LOCAL_NODE, _facts(report), 1).items())),
+        gpu_vendor=report.gpu_vendor,
+        total_vram=report.total_vram,
+        available_vram=report.available_vram,
+        total_ram=report.total_ram,
+        available_ram=report.available_ram,
+        backends=tuple(sorted(report.backends)),
+        approved=True,
+    )
+    return dataclasses.replace(observed, nodes=tuple(sorted((*observed.nodes, node), key=lambda n: n.name)))
 
 
 def record_report(registry: Registry, report: NodeReport) -> None:

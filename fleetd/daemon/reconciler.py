@@ -19,13 +19,11 @@ from typing import Any, Protocol
 from fleetd.agent.vram_estimate import EstimateError, context_size, estimate_instance
 from fleetd.core.desired import DesiredState, InstanceSpec
 from fleetd.core.observed import ObservedState
-from fleetd.executing import ApplyReport, Fence, apply_plan
+from fleetd.executing import ApplyReport, Fence, apply_plan, save_scheduling
 from fleetd.manifest.loading import load_manifest
 from fleetd.planning.planner import PlanPolicy, plan
 from fleetd.planning.plans import Plan, PlanRefused
-from fleetd.registry import leases, scheduling
 from fleetd.registry.facade import Registry
-from fleetd.registry.leases import FencedOut
 from fleetd.transport.agent_api import AgentClient
 
 MAX_ERROR_MESSAGES = 5
@@ -172,7 +170,7 @@ class Reconciler:
         except PlanRefused as exc:
             return _finish(_with(base, refused=str(exc)), t0)
         t3 = time.perf_counter()
-        _save_scheduling(fleet.registry, result, fence)
+        save_scheduling(fleet.registry, result.scheduling, fence)
         if result.is_empty:
             timings = Timings(timings.load_s, timings.observe_s, t3 - t2)
             return _finish(_with(base, plan=result, timings=timings), t0)
@@ -193,17 +191,6 @@ class Reconciler:
         return [f"{d.location}: {d.message}" if d.location else d.message for d in loaded.errors] or [
             "the manifest is invalid"
         ]
-
-
-def _save_scheduling(registry: Registry, result: Plan, fence: Fence | None) -> None:
-    """Persist the planner's hysteresis records; under a fence only while this controller still leads."""
-    try:
-        with registry.engine.begin() as conn:
-            if fence is not None:
-                leases.fence(conn, fence.lease, fence.epoch)
-            scheduling.save(conn, result.scheduling, now_ms=registry.clock())
-    except FencedOut:
-        pass  # the apply that follows is fenced too and reports the lost leadership
 
 
 def _with(result: CycleResult, **changes: Any) -> CycleResult:

@@ -76,8 +76,9 @@ class Daemon:
         self.metrics = Metrics()
         self.reconciler = Reconciler(options.paths, who=f"serve:{socket.gethostname()}:{os.getpid()}")
         self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed)
+        self._registry = open_registry(self._url)
         self.leadership = Leadership(
-            open_registry(self._url),
+            self._registry,
             f"serve:{socket.gethostname()}:{os.getpid()}",
             ttl_ms=int(options.lease_ttl_s * 1000),
             on_change=self._leadership_changed,
@@ -129,6 +130,7 @@ class Daemon:
         self.worker.stop()
         self.leadership.stop()
         self._close_fleet(stop_replicas=self._options.stop_on_exit)
+        self._registry.engine.dispose()
         if self.http is not None:
             self.http.stop()
         self._say("stopped" + ("; replicas stopped" if self._options.stop_on_exit else "; replicas left running"))
@@ -144,6 +146,7 @@ class Daemon:
         fence = self.leadership.fence
         if fence is None:
             self._close_fleet(stop_replicas=False)  # another controller leads: it supervises the replicas
+            self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards stay whole
             return
         if self._fleet is None:
             self._fleet = open_embedded(self._state_dir, database_url=self._options.database_url)

@@ -9,6 +9,7 @@ from fleetd.executing.executor import apply_plan
 from fleetd.executing.fencing import Fence
 from fleetd.executing.report import ActionOutcome, ApplyReport, OutcomeStatus
 from fleetd.executing.validation import PlanMismatch, check_executable
+from fleetd.executing.writes import save_scheduling
 
 __all__ = [
     "ActionOutcome",
@@ -18,4 +19,5 @@ __all__ = [
     "PlanMismatch",
     "apply_plan",
     "check_executable",
+    "save_scheduling",
 ]

@@ -8,16 +8,16 @@ counting its failed attempt) are not fenced, so a deposed executor still leaves 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
 
-from fleetd.core.observed import ReplicaState
+from fleetd.core.observed import ReplicaState, SchedulingRecord
 from fleetd.executing.fencing import Fence
-from fleetd.registry import apply_log, leases, nodes, pending_ops, replicas, reservations
+from fleetd.registry import apply_log, leases, nodes, pending_ops, replicas, reservations, scheduling
 from fleetd.registry.facade import Registry
 
 
@@ -46,6 +46,11 @@ class Writes:
         if self.fence is not None:
             with self._fenced():
                 pass
+
+    # the planner's hysteresis records (placement failures, cooldowns)
+    def save_scheduling(self, records: Sequence[SchedulingRecord]) -> None:
+        with self._fenced() as conn:
+            scheduling.save(conn, records, now_ms=self.now())
 
     # nodes
     def approve(self, node: str) -> None:
@@ -109,3 +114,13 @@ class Writes:
     def record_apply(self, entry: apply_log.ApplyRecord) -> int:
         with self._unfenced() as conn:
             return apply_log.record(conn, entry, lease=self.fence.lease if self.fence is not None else None)
+
+
+def save_scheduling(registry: Registry, records: Sequence[SchedulingRecord], fence: Fence | None) -> bool:
+    """Persist a plan's hysteresis records, as the next plan needs them; ``False`` when ``fence`` is stale
+    (the apply that follows is fenced too, and reports the lost leadership)."""
+    try:
+        Writes(registry, fence).save_scheduling(records)
+    except leases.FencedOut:
+        return False
+    return True

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from fleetd.core.desired import DesiredState
 from fleetd.core.diagnostics import Diagnostic, Severity, has_errors, sorted_diagnostics
+from fleetd.manifest.anchoring import anchor_model_paths
 from fleetd.manifest.merging import duplicate_definitions, index_sources, merge_manifests
 from fleetd.manifest.models import Manifest
 from fleetd.manifest.reading import ManifestFile, read_manifest_files
@@ -56,13 +57,13 @@ def load_manifest(paths: Sequence[str | Path]) -> LoadedManifest:
     """Read, parse, validate, merge, check and resolve the manifest at ``paths`` (files or directories)."""
     files, diagnostics = read_manifest_files(paths)
     with _cyclic_gc_paused():
-        return _load(files, diagnostics)
+        return _load(files, diagnostics, on_disk=True)
 
 
 def load_manifest_text(text: str, name: str = "fleet.yaml") -> LoadedManifest:
     """Load a manifest held in memory (tests, and plans that carry their manifest)."""
     with _cyclic_gc_paused():
-        return _load([ManifestFile(name, text, "")], [])
+        return _load([ManifestFile(name, text, "")], [], on_disk=False)
 
 
 @contextmanager
@@ -86,16 +87,19 @@ def _cyclic_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _load(files: list[ManifestFile], diagnostics: list[Diagnostic]) -> LoadedManifest:
+def _load(files: list[ManifestFile], diagnostics: list[Diagnostic], *, on_disk: bool) -> LoadedManifest:
+    """``on_disk``: the files' names are their paths, so relative model paths anchor at their directories."""
     parsed: list[ParsedYaml] = []
+    directories: list[Path | None] = []
     for file in files:
         doc, problems = parse_yaml(file.text, file.name)
         diagnostics.extend(problems)
         if doc is not None:
             parsed.append(doc)
+            directories.append(Path(file.name).parent if on_disk else None)
     diagnostics.extend(duplicate_definitions(parsed))
     models: list[Manifest] = []
-    for doc in parsed:
+    for doc, directory in zip(parsed, directories, strict=True):
         if not isinstance(doc.data, dict):
             diagnostics.append(
                 Diagnostic(
@@ -107,7 +111,8 @@ def _load(files: list[ManifestFile], diagnostics: list[Diagnostic]) -> LoadedMan
             )
             continue
         try:
-            models.append(Manifest.model_validate(doc.data))
+            model = Manifest.model_validate(doc.data)
+            models.append(model if directory is None else anchor_model_paths(model, directory))
         except ValidationError as exc:
             diagnostics.extend(schema_diagnostics(exc, doc.source))
     manifest = desired = None

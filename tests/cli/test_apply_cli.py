@@ -158,6 +158,24 @@ def test_a_saved_plan_is_applied_exactly(fleet: Fleet) -> None:
     assert fleet.processes() == 1
 
 
+def test_a_plan_on_a_fresh_machine_places_on_this_machine_and_can_be_applied(fleet: Fleet) -> None:
+    """Without a ``nodes`` section this machine is the node: the first ``plan`` places on it (reading its facts,
+    registering nothing), and the saved plan still matches the fleet once ``apply`` registers the node."""
+    saved = fleet.run("plan", "--out", "p.json")
+    assert saved.returncode == 2, saved.stdout + saved.stderr
+    plan = json.loads((fleet.root / "p.json").read_text())
+    assert [a["id"] for a in plan["actions"]] == ["install_backend:local:fake", "load:chat:local:0"]
+    assert "unschedulable" not in saved.stdout.lower()
+    registry = open_registry(fleet.database_url)
+    try:
+        assert registry.snapshot().nodes == (), "plan wrote the node into the registry"
+    finally:
+        registry.engine.dispose()
+    applied = fleet.run("apply", "p.json", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert [r["state"] for r in fleet.status_json()["replicas"]] == ["running"]
+
+
 def test_a_saved_plan_is_refused_when_the_manifest_changed(fleet: Fleet) -> None:
     assert fleet.run("status").returncode == 0
     assert fleet.run("plan", "--out", "p.json").returncode == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetd.registry.facade import open_registry
 from tests.cli.test_apply_cli import Fleet, fleet
 
 __all__ = ["fleet"]  # the fixture, shared with the apply tests
@@ -30,6 +31,31 @@ def test_status_is_synced_and_healthy_after_apply_and_out_of_sync_after_an_edit(
     assert edited.returncode == 0
     assert "Sync:     OutOfSync (1 action pending)\n" in edited.stdout
     assert "Health:   Healthy\n" in edited.stdout
+
+
+def test_status_reads_the_registry_while_another_controller_holds_the_lease(fleet: Fleet) -> None:
+    """A running ``fleetd serve`` supervises the replicas; status must not open a second agent beside it."""
+    assert fleet.run("apply", "--auto-approve").returncode == 0
+    fleet.state.joinpath("fleetd.db").unlink()  # a fresh registry: only an agent would register the node again
+    registry = open_registry(fleet.database_url)
+    try:
+        epoch = registry.acquire_lease("controller", "serve:gpu-box:4242", ttl_ms=120_000)
+        assert epoch is not None
+        held = fleet.run("status")
+        assert held.returncode == 0, held.stderr
+        assert "note: serve:gpu-box:4242 holds the controller lease; showing the fleet as it last recorded" in (
+            held.stderr
+        )
+        assert registry.snapshot().nodes == (), "status opened an agent (it registered the node)"
+        assert registry.release_lease("controller", "serve:gpu-box:4242", epoch)
+        free = fleet.run("status")
+        assert free.returncode == 0, free.stderr
+        assert "note:" not in free.stderr
+        assert [n.name for n in registry.snapshot().nodes] == ["local"]
+        (row,) = [line.split() for line in free.stdout.splitlines() if line.strip().startswith("chat ")]
+        assert row[:4] == ["chat", "local", "0", "running"], "the agent adopted the running replica"
+    finally:
+        registry.engine.dispose()
 
 
 def test_status_without_a_manifest_shows_the_fleet_only(fleet: Fleet) -> None:

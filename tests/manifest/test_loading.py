@@ -153,6 +153,43 @@ def test_directory_of_files_merges_and_locates_errors_in_the_right_file(tmp_path
     assert error.dotted_path == "instances.y.backend"
 
 
+def test_relative_model_paths_anchor_at_their_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./`` and ``../`` paths mean the same file wherever fleetd runs; ids and absolute paths are untouched."""
+    fleet = tmp_path / "repo" / "fleet"
+    (fleet / "teams").mkdir(parents=True)
+    (fleet / "00-backends.yaml").write_text(
+        "version: 1\nbackends:\n  b: {type: llama_cpp, install: {binary: /usr/bin/llama-server}}\n"
+        "instances:\n  here: {backend: b, model: ./models/a.gguf}\n"
+    )
+    (fleet / "teams" / "chat.yaml").write_text(
+        "version: 1\ninstances:\n"
+        "  up: {backend: b, model: ../shared/../models/b.gguf}\n"
+        "  hub: {backend: b, model: Qwen/Qwen2.5-0.5B-Instruct}\n"
+        "  absolute: {backend: b, model: /srv/models/c.gguf}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    relative_paths = [Path("../repo/fleet/00-backends.yaml"), Path("../repo/fleet/teams/chat.yaml")]
+    loaded = load_manifest(relative_paths)
+    assert loaded.valid, loaded.diagnostics
+    assert loaded.desired is not None
+    models = {i.name: i.model for i in loaded.desired.instances}
+    assert models == {
+        "here": str(fleet / "models" / "a.gguf"),
+        "up": str(fleet / "models" / "b.gguf"),
+        "hub": "Qwen/Qwen2.5-0.5B-Instruct",
+        "absolute": "/srv/models/c.gguf",
+    }
+    monkeypatch.chdir(fleet)
+    again = load_manifest([Path("00-backends.yaml"), Path("teams/chat.yaml")])
+    assert again.desired is not None
+    assert {i.name: i.model for i in again.desired.instances} == models
+    assert again.desired.digest == loaded.desired.digest
+
+
 @pytest.mark.parametrize(
     ("text", "min_max"),
     [
