@@ -3,7 +3,8 @@
 The backend is the fake llama-server (tests/fakes/fake_backend.py), ready as soon as it listens, so the figures
 are fleetd's own latency plus one Python interpreter start. Each edit flips the instance's ``ctx_size``, so each
 one restarts the replica. Per edit it records:
-- watch: from the save until the watcher noticed the change (watchfiles debounce, ~100 ms by design);
+- watch: from the save until the watcher noticed the change (watchfiles waits for 20 ms without further
+  changes, so that an editor's several writes make one cycle);
 - load/observe/plan: the cycle's manifest read, observation and planning;
 - apply: the restart (stop the old process, start the new one, startup probe until /health answers 200);
 - reobserve: the observation written back after the apply;
