@@ -9,6 +9,7 @@ already runs with the same config hash returns it; unloading one that is gone an
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,13 +46,19 @@ class LocalAgent:
         ports: PortAllocator | None = None,
         prober: Prober = default_prober,
         stable_after_s: float = 60.0,
+        on_replica_change: Callable[[], None] | None = None,
     ) -> None:
+        """``on_replica_change``: called when a replica's state changes (see ``Supervisor``)."""
         self._node = node
         self._state_dir = state_dir
         self._host = host
         self._ports = ports or PortAllocator(host=host)
         self._supervisor = Supervisor(
-            state_dir / "agent", ports=self._ports, prober=prober, stable_after_s=stable_after_s
+            state_dir / "agent",
+            ports=self._ports,
+            prober=prober,
+            stable_after_s=stable_after_s,
+            on_change=on_replica_change,
         )
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._locks_guard = threading.Lock()

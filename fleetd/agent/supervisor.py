@@ -108,7 +108,11 @@ class Supervisor:
         stable_after_s: float = 60.0,
         tick_s: float = 0.02,
         log_max_bytes: int = 10 * 1024 * 1024,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """``on_change`` runs on the monitor thread after a tick in which a replica's state changed (a crash, a
+        restart, a start that became healthy, a replica given up as failed): the daemon's trigger for a cycle,
+        so that the registry and the plan follow a replica event at once rather than at the next interval."""
         self._dir = state_dir / "replicas"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._ports = ports or PortAllocator()
@@ -121,6 +125,7 @@ class Supervisor:
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_change = on_change
 
     # lifecycle of the supervisor itself ---------------------------------------------------------------------
 
@@ -197,6 +202,7 @@ class Supervisor:
     # the monitor --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        seen = self._states()
         while not self._stop.wait(self._tick_s):
             with self._lock:
                 replicas = list(self._replicas.values())
@@ -205,6 +211,15 @@ class Supervisor:
                     self._check(replica)
                 except Exception as exc:  # one replica's trouble must not stop the others' supervision
                     replica.last_error = f"supervisor: {exc}"
+            now = self._states()
+            if now != seen and self._on_change is not None:
+                with contextlib.suppress(Exception):  # a listener's failure must not stop supervision
+                    self._on_change()
+            seen = now
+
+    def _states(self) -> dict[tuple[str, int], tuple[ReplicaState, int]]:
+        with self._lock:
+            return {key: (r.state, r.restarts) for key, r in self._replicas.items()}
 
     def _check(self, replica: _Replica) -> None:
         now = time.monotonic()

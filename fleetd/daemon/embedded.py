@@ -10,6 +10,7 @@ one consistent snapshot.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +55,19 @@ class Embedded:
 
 
 def open_embedded(
-    state_dir: Path | None = None, *, database_url: str | None = None, node: str = LOCAL_NODE
+    state_dir: Path | None = None,
+    *,
+    database_url: str | None = None,
+    node: str = LOCAL_NODE,
+    on_replica_change: Callable[[], None] | None = None,
 ) -> Embedded:
     """Open the registry, start the local agent (adopting running replicas) and register the node, approved:
-    in the embedded mode the machine fleetd runs on is trusted by definition."""
+    in the embedded mode the machine fleetd runs on is trusted by definition. ``on_replica_change`` hears the
+    agent's replica events (``fleetd serve`` runs a cycle on each)."""
     state = state_dir or default_state_dir()
     state.mkdir(parents=True, exist_ok=True)
     registry = open_registry(database_url or f"sqlite:///{state / 'fleetd.db'}")
-    agent = LocalAgent(node, state)
+    agent = LocalAgent(node, state, on_replica_change=on_replica_change)
     agent.start()
     report = agent.health()
     registry.register_node(node, _facts(report))

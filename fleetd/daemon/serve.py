@@ -1,7 +1,7 @@
 """``fleetd serve``: reconcile continuously, as Argo CD's self-heal does for Kubernetes (DESIGN.md sections 1, 3).
 
-The wiring of the parts, nothing more: triggers (interval tick, manifest watcher, SIGHUP, leadership changes)
-funnel into one worker that runs ``Reconciler.cycle`` one at a time; the ``controller`` lease decides whether
+The wiring of the parts, nothing more: triggers (interval tick, manifest watcher, SIGHUP, leadership changes,
+replica events from the agent) funnel into one worker that runs ``Reconciler.cycle`` one at a time; the ``controller`` lease decides whether
 this process runs cycles at all; the embedded agent (which supervises the replica processes: restarts,
 probes) is opened only while leading, so two controllers on one machine never both supervise one process;
 an HTTP server answers probes, metrics and status; systemd hears READY and WATCHDOG.
@@ -149,7 +149,9 @@ class Daemon:
             self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards stay whole
             return
         if self._fleet is None:
-            self._fleet = open_embedded(self._state_dir, database_url=self._options.database_url)
+            self._fleet = open_embedded(
+                self._state_dir, database_url=self._options.database_url, on_replica_change=self.worker.trigger
+            )
         result = self.reconciler.cycle(self._fleet, fence)
         replicas = self._fleet.agent.list_replicas()
         with self._lock:

@@ -82,6 +82,28 @@ def test_sigkill_brings_the_replica_back_after_the_restart_delay(agent: LocalAge
     assert "exited with status -9" in (back.last_error or "")
 
 
+def test_replica_events_reach_the_listener(tmp_path: Path) -> None:
+    """A start, a crash and the restart after it each tell the listener (``fleetd serve`` runs a cycle on each)."""
+    heard: list[tuple[ReplicaState, int]] = []
+    local: LocalAgent
+
+    def listener() -> None:
+        heard.extend((r.state, r.restarts) for r in local.list_replicas())
+
+    local = LocalAgent("node-1", tmp_path / "state", stable_after_s=2.0, on_replica_change=listener)
+    local.start()
+    try:
+        first = load(local, fake_manifest(fake_backend_executable(tmp_path), instances=chat()))
+        assert first.pid is not None
+        wait_for(lambda: (ReplicaState.RUNNING, 0) in heard, timeout_s=5, what="the start to be heard")
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: (ReplicaState.RUNNING, 1) in heard, timeout_s=15, what="the restart to be heard")
+        crash = heard.index((ReplicaState.STARTING, 1))
+        assert crash < heard.index((ReplicaState.RUNNING, 1)), heard
+    finally:
+        local.close(stop_replicas=True)
+
+
 def test_a_crash_loop_ends_failed_with_the_last_log_lines(agent: LocalAgent, tmp_path: Path) -> None:
     desired = fake_manifest(
         fake_backend_executable(tmp_path),

@@ -137,3 +137,26 @@ def run_scenario(
     assert f"fleetd serve: watching {manifest}; http on 127.0.0.1:{served.port}" in output
     assert "applied 1 restart -> ok" in output
     assert "replicas left running" in output
+
+
+def test_a_replica_event_runs_a_cycle_without_waiting_for_the_interval(tmp_path: Path, token: str) -> None:
+    """A replica that crashes for good shows as failed in ``/status`` at once, though the interval is an hour."""
+    executable = fake_llama_executable(tmp_path)
+    manifest = tmp_path / "fleet.yaml"
+    crashing = make_instance("alpha", token) + (
+        "    max_restarts: 0\n    environment: {FAKE_BACKEND_CRASH_AFTER_MS: '1500'}\n"
+    )
+    manifest.write_text(manifest_text(executable, crashing))
+    served = Served(manifest, tmp_path / "state", tmp_path / "serve.log", "--interval", "1h")
+    try:
+        wait_for(lambda: served.replicas().get("alpha"), timeout_s=20, what="alpha running\n" + served.output())
+        cycles = (served.status() or {})["cycles"]
+
+        def failed() -> dict[str, Any] | None:
+            replicas = (served.status() or {}).get("replicas", [])
+            return next((r for r in replicas if r["state"] == "failed"), None)
+
+        wait_for(failed, timeout_s=15, what="alpha failed in /status\n" + served.output())
+        assert (served.status() or {})["cycles"] > cycles
+    finally:
+        served.stop()
