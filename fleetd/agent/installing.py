@@ -32,10 +32,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -78,16 +80,30 @@ class CompletedCommand:
         return "\n".join(every[-lines:])
 
 
+OnLine = Callable[[str], None]
+"""Hears each non-empty line a command prints, as it prints it."""
+
+HEARTBEAT_S = 30.0
+"""A command silent this long is reported as still running (pip prints nothing while it builds a wheel)."""
+
+
 class CommandRunner(Protocol):
-    """Runs ``argv`` (no shell) and waits at most ``timeout_s``."""
+    """Runs ``argv`` (no shell) and waits at most ``timeout_s``; ``on_line`` hears its output as it comes."""
 
-    def __call__(self, argv: Sequence[str], *, timeout_s: float) -> CompletedCommand: ...
+    def __call__(
+        self, argv: Sequence[str], *, timeout_s: float, on_line: OnLine | None = None
+    ) -> CompletedCommand: ...
 
 
-def subprocess_runner(argv: Sequence[str], *, timeout_s: float) -> CompletedCommand:
+def subprocess_runner(
+    argv: Sequence[str], *, timeout_s: float, on_line: OnLine | None = None, heartbeat_s: float = HEARTBEAT_S
+) -> CompletedCommand:
     """The real runner: a child in its own session, killed with its whole process group at the deadline.
 
-    An executable that cannot be started answers like a shell would: 127 (not found) or 126 (not runnable).
+    Its output is read line by line as it comes (two reader threads, one per stream) so that a long pip build
+    shows progress instead of minutes of silence; a command silent for ``heartbeat_s`` is reported as still
+    running. An executable that cannot be started answers like a shell would: 127 (not found) or 126 (not
+    runnable).
     """
     try:
         process = subprocess.Popen(
@@ -102,19 +118,70 @@ def subprocess_runner(argv: Sequence[str], *, timeout_s: float) -> CompletedComm
     except OSError as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         return CompletedCommand(code, "", f"{argv[0]}: {exc.strerror or exc}")
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        return CompletedCommand(process.returncode, stdout, stderr, timed_out=True)
-    return CompletedCommand(process.returncode, stdout, stderr)
+    heard = _Heard(on_line)
+    assert process.stdout is not None and process.stderr is not None
+    readers = [
+        threading.Thread(target=heard.pump, args=(stream, sink), name="fleetd-command-output", daemon=True)
+        for stream, sink in ((process.stdout, heard.stdout), (process.stderr, heard.stderr))
+    ]
+    for reader in readers:
+        reader.start()
+    started = time.monotonic()
+    timed_out = False
+    while True:
+        left = started + timeout_s - time.monotonic()
+        if left <= 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            timed_out = True
+            break
+        try:
+            process.wait(timeout=min(left, heartbeat_s))
+            break
+        except subprocess.TimeoutExpired:
+            heard.heartbeat(time.monotonic() - started)
+    for reader in readers:
+        reader.join(timeout=5)  # a grandchild that left the process group may hold the pipe: do not wait on it
+    return CompletedCommand(process.returncode, "".join(heard.stdout), "".join(heard.stderr), timed_out)
 
 
-def _run(runner: CommandRunner, argv: Sequence[str], *, step: str, timeout_s: float) -> CompletedCommand:
+class _Heard:
+    """A running command's output: kept for the result, and passed line by line (one at a time) to a listener."""
+
+    def __init__(self, on_line: OnLine | None) -> None:
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._on_line = on_line
+        self._lock = threading.Lock()
+        self._quiet = True
+        """No line since the last heartbeat."""
+
+    def pump(self, stream: IO[str], sink: list[str]) -> None:
+        with stream:
+            for line in stream:
+                sink.append(line)
+                if line.strip():
+                    self._tell(line.rstrip())
+
+    def heartbeat(self, elapsed_s: float) -> None:
+        if self._quiet:
+            self._tell(f"still running after {int(elapsed_s // 60)}m{int(elapsed_s % 60):02d}s")
+        self._quiet = True
+
+    def _tell(self, line: str) -> None:
+        with self._lock:
+            self._quiet = False
+            if self._on_line is not None:
+                with contextlib.suppress(Exception):  # a listener's failure must not break the install
+                    self._on_line(line)
+
+
+def _run(
+    runner: CommandRunner, argv: Sequence[str], *, step: str, timeout_s: float, on_line: OnLine | None = None
+) -> CompletedCommand:
     """Run a step's command; a failure raises ``AgentError`` naming the step, the command and its output."""
-    result = runner(argv, timeout_s=timeout_s)
+    result = runner(argv, timeout_s=timeout_s, on_line=on_line)
     if result.ok:
         return result
     outcome = f"timed out after {timeout_s:g} s" if result.timed_out else f"exited with {result.returncode}"
@@ -280,8 +347,7 @@ def _install_pip(job: _Job) -> InstallRecord:
         _run(job.runner, [sys.executable, "-m", "venv", str(venv)], step="venv", timeout_s=VENV_TIMEOUT_S)
     job.report("pip", f"pip install {spec}")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", spec, *job.pip_args]
-    done = _run(job.runner, pip, step="pip", timeout_s=PIP_TIMEOUT_S)
-    job.report("pip", done.tail(1) or "pip finished")
+    _run(job.runner, pip, step="pip", timeout_s=PIP_TIMEOUT_S, on_line=lambda line: job.report("pip", line))
     job.report("check", f"locating the {job.backend.type.value} executable")
     executable = locate_executable(job.backend.type, python, runner=job.runner)
     version = _pip_version(job.runner, python, spec) or _executable_version(job.runner, executable)
@@ -298,7 +364,10 @@ def _install_binary(job: _Job) -> InstallRecord:
 def _install_image(job: _Job) -> InstallRecord:
     image = job.backend.install.spec
     job.report("pull", f"docker pull {image}")
-    done = _run(job.runner, ["docker", "pull", image], step="pull", timeout_s=PULL_TIMEOUT_S)
+    pull = ["docker", "pull", image]
+    done = _run(
+        job.runner, pull, step="pull", timeout_s=PULL_TIMEOUT_S, on_line=lambda line: job.report("pull", line)
+    )
     digests = [line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("Digest:")]
     return job.record("docker", digests[-1] if digests else image)
 

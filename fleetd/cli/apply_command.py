@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from fleetd.manifest.loading import LoadedManifest
     from fleetd.planning.planfile import SavedPlan
     from fleetd.planning.plans import Plan
+    from fleetd.transport.agent_api import InstallProgress
 
 DEFAULT_LOCK_TIMEOUT = "30s"
 
@@ -193,6 +194,7 @@ def _apply_locked(
                 embedded.registry,
                 {embedded.node: embedded.agent},
                 on_event=_print_outcome,
+                on_progress=_print_progress,
                 fence=held.fence,
                 who=held.fence.holder,
             )
@@ -252,6 +254,11 @@ def _saved_plan(paths: Sequence[Path]) -> SavedPlan | None:
         return loads_plan(text)
     except PlanFileError as exc:
         _fail(f"saved plan {paths[0]}: {exc}")
+
+
+def _print_progress(event: InstallProgress) -> None:
+    """A backend install's progress, as it runs (pip's output; a source build is quiet for minutes)."""
+    _out(f"    {event.backend} {event.step}: {' '.join(event.message.split())}\n")
 
 
 def _print_outcome(outcome: ActionOutcome) -> None:

@@ -24,7 +24,7 @@ from fleetd.manifest.loading import load_manifest
 from fleetd.planning.planner import PlanPolicy, plan
 from fleetd.planning.plans import Plan, PlanRefused
 from fleetd.registry.facade import Registry
-from fleetd.transport.agent_api import AgentClient
+from fleetd.transport.agent_api import AgentClient, ProgressSink
 
 MAX_ERROR_MESSAGES = 5
 """How many of an invalid manifest's error messages a cycle keeps (the count is always complete)."""
@@ -130,8 +130,11 @@ class Reconciler:
         estimates: VramEstimates | None = None,
         who: str = "fleetd serve",
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        on_progress: ProgressSink | None = None,
     ) -> None:
+        """``on_progress`` hears backend installs while a cycle runs them (a pip build can take minutes)."""
         self._paths = tuple(paths)
+        self._on_progress = on_progress
         self._policy = policy or PlanPolicy()
         self._estimates = estimates or VramEstimates()
         self._who = who
@@ -174,7 +177,15 @@ class Reconciler:
         if result.is_empty:
             timings = Timings(timings.load_s, timings.observe_s, t3 - t2)
             return _finish(_with(base, plan=result, timings=timings), t0)
-        report = apply_plan(result, desired, fleet.registry, {fleet.node: fleet.agent}, fence=fence, who=self._who)
+        report = apply_plan(
+            result,
+            desired,
+            fleet.registry,
+            {fleet.node: fleet.agent},
+            on_progress=self._on_progress,
+            fence=fence,
+            who=self._who,
+        )
         self.last_report = report
         t4 = time.perf_counter()
         after = fleet.observe()

@@ -33,7 +33,7 @@ from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, interval_schedu
 from fleetd.executing import Fence
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
-from fleetd.transport.agent_api import ReplicaStatus
+from fleetd.transport.agent_api import InstallProgress, ReplicaStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,9 @@ class Daemon:
         self._fleet: Embedded | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
         self.metrics = Metrics()
-        self.reconciler = Reconciler(options.paths, who=f"serve:{socket.gethostname()}:{os.getpid()}")
+        self.reconciler = Reconciler(
+            options.paths, who=f"serve:{socket.gethostname()}:{os.getpid()}", on_progress=self._install_progress
+        )
         self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed)
         self._registry = open_registry(self._url)
         self.leadership = Leadership(
@@ -211,6 +213,9 @@ class Daemon:
 
     def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
         self.worker.trigger()
+
+    def _install_progress(self, event: InstallProgress) -> None:
+        self._say(f"install {event.backend} ({event.step}): {event.message}")
 
     def _say(self, line: str) -> None:
         self._log.write(f"fleetd serve: {line}\n")

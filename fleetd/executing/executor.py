@@ -28,7 +28,7 @@ from fleetd.planning.plans import Action, ActionKind, Plan
 from fleetd.registry.apply_log import ApplyRecord
 from fleetd.registry.facade import Registry
 from fleetd.registry.leases import FencedOut
-from fleetd.transport.agent_api import AgentClient
+from fleetd.transport.agent_api import AgentClient, ProgressSink
 
 EventSink = Callable[[ActionOutcome], None]
 LOST_LEADERSHIP = "lost leadership"
@@ -44,13 +44,15 @@ def apply_plan(
     max_workers: int = 8,
     reservation_ttl_ms: int = 15 * 60_000,
     on_event: EventSink | None = None,
+    on_progress: ProgressSink | None = None,
     fence: Fence | None = None,
     who: str = "fleetd",
 ) -> ApplyReport:
     """Execute ``plan`` and report every action's outcome (in plan order); never stops at the first failure.
 
     Raises ``PlanMismatch`` (before any change) when the plan does not fit ``desired``. ``on_event`` is called
-    on the calling thread with each outcome as it happens. ``who`` goes to the apply log.
+    on the calling thread with each outcome as it happens; ``on_progress`` hears backend installs as they run
+    (from worker threads). ``who`` goes to the apply log.
     """
     if per_node_limit < 1 or max_workers < 1:
         raise ValueError("per_node_limit and max_workers must be at least 1")
@@ -64,6 +66,7 @@ def apply_plan(
         plan_hash=plan.hash,
         reservation_ttl_ms=reservation_ttl_ms,
         previous_vram=_previous_vram(plan, registry),
+        progress=on_progress,
     )
     run = _Run(plan, ctx, per_node_limit, max_workers, on_event)
     run.execute()

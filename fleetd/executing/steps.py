@@ -22,7 +22,7 @@ from fleetd.executing.writes import Writes
 from fleetd.planning.plans import Action, ActionKind
 from fleetd.registry.leases import FencedOut
 from fleetd.registry.replicas import ReplicaRecord
-from fleetd.transport.agent_api import AgentClient, AgentError, LaunchRequest, ReplicaStatus
+from fleetd.transport.agent_api import AgentClient, AgentError, LaunchRequest, ProgressSink, ReplicaStatus
 
 ReplicaKey = tuple[str, str, int]
 """(instance, node, replica)."""
@@ -49,6 +49,8 @@ class StepContext:
     plan_hash: str
     reservation_ttl_ms: int
     previous_vram: Mapping[ReplicaKey, int]
+    progress: ProgressSink | None = None
+    """Hears a backend install's progress (pip's output, a pull), from the step's worker thread."""
 
 
 Step = Callable[[StepContext, Action], StepResult]
@@ -88,7 +90,7 @@ def install_backend(ctx: StepContext, action: Action) -> StepResult:
     assert backend is not None
     ctx.writes.set_backend_state(action.node, backend.name, "installing")
     try:
-        result = agent.install_backend(backend)
+        result = agent.install_backend(backend, progress=ctx.progress)
     except Exception as exc:
         with contextlib.suppress(FencedOut):
             ctx.writes.set_backend_state(action.node, backend.name, "failed", error=describe(exc))

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from fleetd.agent.installing import (
     CompletedCommand,
+    OnLine,
     install_backend,
     installed_backends,
     installed_executable,
@@ -36,10 +38,12 @@ class CountingRunner:
         self.calls: list[list[str]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, argv: Sequence[str], *, timeout_s: float) -> CompletedCommand:
+    def __call__(
+        self, argv: Sequence[str], *, timeout_s: float, on_line: OnLine | None = None
+    ) -> CompletedCommand:
         with self._lock:
             self.calls.append(list(argv))
-        return subprocess_runner(argv, timeout_s=timeout_s)
+        return subprocess_runner(argv, timeout_s=timeout_s, on_line=on_line)
 
     def count(self, *words: str) -> int:
         """Calls whose argv contains all ``words`` in order, adjacent."""
@@ -54,9 +58,14 @@ class FakeDocker:
         self.calls: list[list[str]] = []
         self.returncode, self.stderr = returncode, stderr
 
-    def __call__(self, argv: Sequence[str], *, timeout_s: float) -> CompletedCommand:
+    def __call__(
+        self, argv: Sequence[str], *, timeout_s: float, on_line: OnLine | None = None
+    ) -> CompletedCommand:
         self.calls.append(list(argv))
         stdout = "" if self.returncode else "latest: Pulling from llama.cpp\nDigest: sha256:0123abcd\nStatus: ok\n"
+        if on_line is not None:
+            for line in stdout.splitlines():
+                on_line(line)
         return CompletedCommand(self.returncode, stdout, self.stderr)
 
 
@@ -125,7 +134,11 @@ def test_pip_installs_into_a_venv_records_it_and_is_idempotent(tmp_path: Path, w
         "executable": result.executable,
         "version": "1.0",
     }
-    assert [e.step for e in events] == ["venv", "pip", "pip", "check", "done"]
+    steps = [e.step for e in events]
+    assert steps[:2] == ["venv", "pip"] and steps[-2:] == ["check", "done"] and set(steps[2:-2]) == {"pip"}
+    pip_lines = [e.message for e in events[2:-2]]
+    assert any("Processing" in line for line in pip_lines), pip_lines  # pip's own output, line by line
+    assert pip_lines[-1].startswith("Successfully installed fake-vllm-1.0"), pip_lines
     assert {e.backend for e in events} == {"fake"}
     assert installed_executable(backend, state_dir=tmp_path) == result.executable
     assert installed_backends(state_dir=tmp_path) == ("fake",)
@@ -316,6 +329,33 @@ def test_the_runner_kills_a_command_at_its_deadline() -> None:
     hung = subprocess_runner([sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=0.5)
 
     assert hung.timed_out and not hung.ok and hung.returncode == -9
+
+
+def test_the_runner_passes_lines_on_as_they_come_and_reports_silence() -> None:
+    heard: list[tuple[float, str]] = []
+    code = (
+        "import sys, time\n"
+        "print('first', flush=True)\n"
+        "print('to stderr', file=sys.stderr, flush=True)\n"
+        "sys.stdin.read()\n"  # returns at once (stdin is empty); then stay silent past two heartbeats
+        "time.sleep(0.7)\n"
+        "print('last')\n"
+    )
+    started = time.monotonic()
+    result = subprocess_runner(
+        [sys.executable, "-c", code],
+        timeout_s=60,
+        on_line=lambda line: heard.append((time.monotonic(), line)),
+        heartbeat_s=0.2,
+    )
+    finished = time.monotonic()
+    assert result.ok and result.stdout == "first\nlast\n" and result.stderr == "to stderr\n"
+    lines = [line for _, line in heard]
+    assert lines[0] in {"first", "to stderr"} and lines[-1] == "last"
+    assert {"first", "to stderr"} <= set(lines[:2])
+    assert any(line.startswith("still running after 0m0") for line in lines[2:-1]), lines
+    first_at = next(at for at, line in heard if line == "first")
+    assert first_at - started < finished - first_at, "'first' was heard only when the command ended"
 
 
 def test_an_unusable_state_dir_is_an_agent_error(tmp_path: Path) -> None:

@@ -151,6 +151,9 @@ def test_a_saved_plan_is_applied_exactly(fleet: Fleet) -> None:
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "✓ install_backend:local:fake" in applied.stdout
     assert "✓ load:chat:local:0" in applied.stdout
+    # the install's progress shows while it runs, before its outcome line
+    progress = applied.stdout.index("    fake check: checking ")
+    assert progress < applied.stdout.index("    fake done: installed ") < applied.stdout.index("✓ install_backend")
     assert [r["state"] for r in fleet.status_json()["replicas"]] == ["running"]
     again = fleet.run("apply", "p.json", "--auto-approve")
     assert again.returncode == 1, "a plan is applied once: the fleet it was made on has changed"

@@ -150,6 +150,7 @@ def test_a_replica_event_runs_a_cycle_without_waiting_for_the_interval(tmp_path:
     served = Served(manifest, tmp_path / "state", tmp_path / "serve.log", "--interval", "1h")
     try:
         wait_for(lambda: served.replicas().get("alpha"), timeout_s=20, what="alpha running\n" + served.output())
+        assert f"install fake (check): checking {executable}" in served.output()  # install progress is logged
         cycles = (served.status() or {})["cycles"]
 
         def failed() -> dict[str, Any] | None:
