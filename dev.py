@@ -54,7 +54,7 @@ def run(args: list[str]) -> int:
     sys.stdout.write(
         f"\nfleetd serve {QUICKSTART}: the first cycle installs llama.cpp's server with pip (built from source the\n"
         "first time: about 12 minutes; needs a C++ compiler and cmake), then starts the replica.\n"
-        "  curl -s 127.0.0.1:9464/status          # the replica's address once it runs\n"
+        "When it says `tiny/0 ready at http://ADDRESS`, send it a chat request (127.0.0.1:9464/status shows it too):\n"
         "  curl http://ADDRESS/v1/chat/completions -H 'Content-Type: application/json' \\\n"
         '       -d \'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}\'\n'
         "Ctrl-C stops fleetd; the replica keeps running (the next `fleetd serve` adopts it) unless you pass\n"

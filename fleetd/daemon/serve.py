@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from fleetd.core.observed import ReplicaState
 from fleetd.core.timestamps import iso_from_ms
 from fleetd.daemon.embedded import Embedded, open_embedded
 from fleetd.daemon.http_api import Endpoints, HttpApi
@@ -71,6 +72,7 @@ class Daemon:
         self._last_error: str | None = None
         self._shown_problem: str | None = None
         self._ready_sent = False
+        self._announced: set[tuple[str, int, str | None]] = set()
         self._fleet: Embedded | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
         self.metrics = Metrics()
@@ -162,6 +164,7 @@ class Daemon:
             self._cycles += 1
         self.metrics.record(result)
         self._report(result)
+        self._announce(replicas)
         if not self._ready_sent:
             self._ready_sent = notify("READY=1") or True
 
@@ -193,6 +196,13 @@ class Daemon:
             elif self._shown_problem is not None:
                 self._say("manifest valid again" if "manifest" in self._shown_problem else "plan accepted")
             self._shown_problem = problem
+
+    def _announce(self, replicas: tuple[ReplicaStatus, ...]) -> None:
+        """A line for each replica that became ready since the last cycle: where to send requests."""
+        ready = {(r.instance, r.replica, r.address) for r in replicas if r.state is ReplicaState.RUNNING}
+        for instance, index, address in sorted(ready - self._announced, key=str):
+            self._say(f"{instance}/{index} ready at http://{address} (OpenAI API: POST /v1/chat/completions)")
+        self._announced = ready
 
     def _leadership_changed(self, fence: Fence | None) -> None:
         self.metrics.leader.set(1 if fence is not None else 0)

@@ -151,6 +151,8 @@ def test_a_replica_event_runs_a_cycle_without_waiting_for_the_interval(tmp_path:
     try:
         wait_for(lambda: served.replicas().get("alpha"), timeout_s=20, what="alpha running\n" + served.output())
         assert f"install fake (check): checking {executable}" in served.output()  # install progress is logged
+        address = (served.replicas().get("alpha") or {})["address"]
+        wait_for(lambda: f"alpha/0 ready at http://{address} " in served.output(), timeout_s=10, what="ready line")
         cycles = (served.status() or {})["cycles"]
 
         def failed() -> dict[str, Any] | None:
