@@ -148,7 +148,7 @@ def run(
                 raise SystemExit(f"edit {edit} did not converge")
             time.sleep(0.002)
         total = time.monotonic() - saved
-        result = daemon.last_cycle
+        result = daemon.last_applying_cycle
         assert result is not None and daemon.watcher is not None
         rows.append(row(result, total, (daemon.watcher.last_change_at or saved) - saved))
     return rows

@@ -67,6 +67,7 @@ class Daemon:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._seen: _Seen | None = None
+        self._last_applying: CycleResult | None = None
         self._cycles = 0
         """Reconcile cycles completed (a follower completes none)."""
         self._last_error: str | None = None
@@ -144,6 +145,12 @@ class Daemon:
         with self._lock:
             return self._seen.result if self._seen is not None else None
 
+    @property
+    def last_applying_cycle(self) -> CycleResult | None:
+        """The last cycle that applied a plan (a quiet cycle often follows it, on the replica events)."""
+        with self._lock:
+            return self._last_applying
+
     # the worker's cycle -------------------------------------------------------------------------------------
 
     def _cycle(self) -> None:
@@ -160,6 +167,8 @@ class Daemon:
         replicas = self._fleet.agent.list_replicas()
         with self._lock:
             self._seen = _Seen(result, replicas)
+            if result.report is not None:
+                self._last_applying = result
             self._last_error = None
             self._cycles += 1
         self.metrics.record(result)
