@@ -20,7 +20,8 @@ from fleetd.agent.vram_estimate import EstimateError, context_size, estimate_ins
 from fleetd.core.desired import DesiredState, InstanceSpec
 from fleetd.core.observed import ObservedState
 from fleetd.executing import ApplyReport, Fence, apply_plan, save_scheduling
-from fleetd.manifest.loading import load_manifest
+from fleetd.manifest.loading import load_read_manifest
+from fleetd.manifest.reading import files_fingerprint, read_manifest_files
 from fleetd.planning.planner import PlanPolicy, plan
 from fleetd.planning.plans import Plan, PlanRefused
 from fleetd.registry.facade import Registry
@@ -140,6 +141,8 @@ class Reconciler:
         self._who = who
         self._clock_ms = clock_ms
         self._desired: DesiredState | None = None
+        self._loaded_fingerprint: str | None = None
+        self._load_errors: tuple[str, ...] = ()
         self.last_report: ApplyReport | None = None
 
     @property
@@ -194,14 +197,26 @@ class Reconciler:
         return _finish(_with(base, observed=after, plan=result, report=report, timings=timings), t0)
 
     def _load(self) -> list[str]:
-        """Read the manifest; a valid one becomes the desired state, an invalid one only reports its errors."""
-        loaded = load_manifest(self._paths)
+        """Read the manifest; a valid one becomes the desired state, an invalid one only reports its errors.
+
+        Files whose bytes did not change since the last cycle are not parsed again: the last outcome stands
+        (a manifest of thousands of instances takes a large share of a second to validate), and the desired
+        state stays the same value, so what the planner memoises per state carries over between cycles.
+        """
+        files, problems = read_manifest_files(self._paths)
+        fingerprint = files_fingerprint(files, problems)
+        if fingerprint == self._loaded_fingerprint:
+            return list(self._load_errors)
+        loaded = load_read_manifest(files, problems)
+        self._loaded_fingerprint = fingerprint
         if loaded.desired is not None:
             self._desired = loaded.desired
-            return []
-        return [f"{d.location}: {d.message}" if d.location else d.message for d in loaded.errors] or [
-            "the manifest is invalid"
-        ]
+            self._load_errors = ()
+        else:
+            self._load_errors = tuple(
+                f"{d.location}: {d.message}" if d.location else d.message for d in loaded.errors
+            ) or ("the manifest is invalid",)
+        return list(self._load_errors)
 
 
 def _with(result: CycleResult, **changes: Any) -> CycleResult:

@@ -13,7 +13,6 @@ registry's own SQLite file beside the manifest does not start a loop of cycles.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 import watchfiles
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 
-from fleetd.manifest.reading import read_manifest_files
+from fleetd.manifest.reading import files_fingerprint, read_manifest_files
 
 WATCH_DEBOUNCE_MS = 100
 
@@ -83,13 +82,7 @@ def interval_scheduler(trigger: Callable[[], None], *, interval_s: float) -> Bac
 
 def manifest_fingerprint(paths: Sequence[Path]) -> str:
     """A digest of the manifest's files as they would be read now (names, bytes, read errors)."""
-    files, diagnostics = read_manifest_files(paths)
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}\0{f.sha256}\0".encode())
-    for d in diagnostics:
-        h.update(f"{d.message}\0".encode())
-    return h.hexdigest()
+    return files_fingerprint(*read_manifest_files(paths))
 
 
 def watch_directories(paths: Sequence[Path]) -> frozenset[Path]:

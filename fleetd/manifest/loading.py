@@ -60,6 +60,12 @@ def load_manifest(paths: Sequence[str | Path]) -> LoadedManifest:
         return _load(files, diagnostics, on_disk=True)
 
 
+def load_read_manifest(files: Sequence[ManifestFile], diagnostics: Sequence[Diagnostic]) -> LoadedManifest:
+    """``load_manifest`` on files already read (``read_manifest_files``), for a caller that looked at them first."""
+    with _cyclic_gc_paused():
+        return _load(list(files), list(diagnostics), on_disk=True)
+
+
 def load_manifest_text(text: str, name: str = "fleet.yaml") -> LoadedManifest:
     """Load a manifest held in memory (tests, and plans that carry their manifest)."""
     with _cyclic_gc_paused():

@@ -68,6 +68,17 @@ def read_manifest_files(paths: Sequence[str | Path]) -> tuple[list[ManifestFile]
     return files, diagnostics
 
 
+def files_fingerprint(files: Sequence[ManifestFile], diagnostics: Sequence[Diagnostic]) -> str:
+    """A digest of what reading found (each file's name and bytes, and each read error): equal fingerprints,
+    equal manifests, so a daemon can skip parsing a manifest that did not change."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{f.sha256}\0".encode())
+    for d in diagnostics:
+        h.update(f"{d.message}\0".encode())
+    return h.hexdigest()
+
+
 def _expand(paths: Sequence[str | Path], diagnostics: list[Diagnostic]) -> list[Path]:
     found: list[Path] = []
     if not paths:

@@ -37,7 +37,7 @@ from fleetd.core.observed import (
 )
 from fleetd.core.timestamps import iso_from_ms, ms_from_iso
 from fleetd.planning.hysteresis import HysteresisPolicy, capacity_digest, cooling_down, next_record
-from fleetd.planning.launch_config import config_hash
+from fleetd.planning.launch_config import launch_hashes
 from fleetd.planning.placement import Candidates, NodeCapacity, Request, place
 from fleetd.planning.plans import Action, ActionKind, DetailValue, Plan, PlanRefused, Reason, Unschedulable
 from fleetd.runtimes import runtime_for
@@ -71,6 +71,22 @@ class _Need:
         )
 
 
+class _SettledNodes(dict[str, bool]):
+    """Whether a running replica on a node stays where it is: the node is known, not offline and not draining.
+    Filled on first use per node (a dict lookup per replica, not a call: 50,000 replicas per tick)."""
+
+    def __init__(self, state: _Pass) -> None:
+        super().__init__()
+        self._state = state
+
+    def __missing__(self, name: str) -> bool:
+        node = self._state.observed.nodes_by_name.get(name)
+        found = self[name] = (
+            node is not None and node.status is not NodeStatus.OFFLINE and not self._state.draining(node)
+        )
+        return found
+
+
 @dataclass
 class _Pass:
     """Working state of one planning pass."""
@@ -96,6 +112,13 @@ class _Pass:
     records: dict[str, SchedulingRecord] = field(default_factory=dict)
     """Hysteresis records as observed; replaced by the ones this plan keeps."""
     kept_records: list[SchedulingRecord] = field(default_factory=list)
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    """Instance name -> launch config hash."""
+    settled: _SettledNodes = field(init=False)
+    """Node name -> whether a running replica there simply stays (the replica loop's fast path)."""
+
+    def __post_init__(self) -> None:
+        self.settled = _SettledNodes(self)
 
     @property
     def priorities(self) -> dict[str, int]:
@@ -141,6 +164,7 @@ def plan(
     state.declared = {n.name: n for n in desired.nodes}
     state.capacity_key = capacity_digest(observed)
     state.records = {r.instance: r for r in observed.scheduling}
+    state.hashes = launch_hashes(desired)
     _plan_nodes(state)
     replicas_by_instance = observed.replicas_by_instance
     backends = {b.name: b for b in desired.backends}
@@ -231,15 +255,25 @@ def _plan_instance(
     state: _Pass, spec: InstanceSpec, backend: BackendSpec, observed: tuple[ObservedReplica, ...]
 ) -> None:
     size = spec.vram_bytes if spec.vram_bytes is not None else state.estimates.get(spec.name, 0)
-    need = _Need(spec, backend, config_hash(spec, backend), size)
-    used_indexes = {r.replica for r in observed}
+    need = _Need(spec, backend, state.hashes[spec.name], size)
     staying: list[ObservedReplica] = []
     moving: list[tuple[ObservedReplica, Reason]] = []
     """Replicas to move off a draining node: loaded elsewhere first, then unloaded (depending on the load)."""
     gone: list[tuple[ObservedReplica, Reason]] = []
     """Replicas already unloaded by this plan (node lost, evicted by a higher priority): replaced, not waited on."""
     nodes = state.observed.nodes_by_name
+    evicted, settled, running, want = state.evicted, state.settled, ReplicaState.RUNNING, need.config_hash
+    fresh = 0
+    """Replicas that stay by the fast path, running the desired config."""
     for replica in observed:  # sorted by (node, index)
+        if (
+            replica.state is running
+            and settled[replica.node]
+            and not (evicted and _replica_key(replica) in evicted)
+        ):
+            staying.append(replica)  # the common case, decided as the checks below would decide it
+            fresh += replica.config_hash == want
+            continue
         if replica.state is ReplicaState.STOPPING:
             continue
         if state.evicted and _replica_key(replica) in state.evicted:
@@ -261,7 +295,9 @@ def _plan_instance(
                 + (f": {replica.last_error}" if replica.last_error else "")
             )
         staying.append(replica)
-    target = _target_count(state, spec, staying)
+    settled_replicas = fresh == len(staying)
+    """Every staying replica is running the desired config: no rollout, and every one of them is live."""
+    target = _target_count(state, spec, staying, all_running=settled_replicas)
     # Scale down first: it frees room for what follows.
     extra = len(staying) + len(moving) - target
     if extra > 0:
@@ -273,7 +309,8 @@ def _plan_instance(
                 moving = [(r, why) for r, why in moving if r is not replica]
             else:
                 staying.remove(replica)
-    _rollout(state, need, staying)
+    if not settled_replicas:
+        _rollout(state, need, staying)
     missing = target - len(staying)
     record = state.records.get(spec.name)
     if missing > 0 and cooling_down(record, now_ms=state.now_ms, capacity=state.capacity_key):
@@ -284,6 +321,7 @@ def _plan_instance(
     unplaced = 0
     rejections: dict[str, int] = {}
     sources = [*moving, *gone]
+    used_indexes = {r.replica for r in observed} if missing > 0 else set()
     for i in range(missing):
         old = sources[i] if i < len(sources) else None
         index = _next_index(used_indexes)
@@ -320,7 +358,9 @@ def _plan_instance(
         state.kept_records.append(kept)
 
 
-def _target_count(state: _Pass, spec: InstanceSpec, staying: list[ObservedReplica]) -> int:
+def _target_count(
+    state: _Pass, spec: InstanceSpec, staying: list[ObservedReplica], *, all_running: bool = False
+) -> int:
     """How many replicas the instance should have: its live replicas within ``[min, max]``, one more when every
     running replica is busy, fewer by the replicas above ``min`` that have been idle long enough.
 
@@ -328,13 +368,10 @@ def _target_count(state: _Pass, spec: InstanceSpec, staying: list[ObservedReplic
     with ``idle_timeout: 0`` ("never") the policy's scale-down delay trims load-driven replicas, never the last.
     """
     s = spec.scheduling
-    live = [r for r in staying if r.state in LIVE]
-    running = [r for r in live if r.state is ReplicaState.RUNNING]
-    if (
-        running
-        and len(running) == len(live)
-        and all(r.in_flight >= state.policy.scale_up_in_flight for r in running)
-    ):
+    live = staying if all_running else [r for r in staying if r.state in LIVE]
+    threshold = state.policy.scale_up_in_flight
+    # every live replica running, and every one of them busy: one more (an empty list is not busy)
+    if live and all(r.state is ReplicaState.RUNNING and r.in_flight >= threshold for r in live):
         return min(s.max_replicas, max(len(live) + 1, s.min_replicas))
     floor = s.min_replicas if spec.idle_timeout_ms else max(s.min_replicas, min(1, len(live)))
     if len(live) <= floor:  # nothing above the floor to trim (and no timestamps to read)
@@ -534,10 +571,12 @@ def _refuse_emptying(state: _Pass) -> None:
     going to sleep) or replicas on lost nodes (already gone) records what the fleet does by itself."""
     if state.policy.allow_empty:
         return
+    unloads = {a.id: a for a in state.actions if a.kind is ActionKind.UNLOAD}
+    if not unloads:  # nothing is unloaded: nothing is emptied (and no need to list 50,000 replicas)
+        return
     live = [r for r in state.observed.replicas if r.state in LIVE]
     if not live:
         return
-    unloads = {a.id: a for a in state.actions if a.kind is ActionKind.UNLOAD}
     if any(a.kind is ActionKind.LOAD for a in state.actions) or len(unloads) < len(live):
         return
     if not all(_unload(r, Reason.REMOVED).id in unloads for r in live):

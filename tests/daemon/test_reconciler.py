@@ -70,6 +70,28 @@ def test_an_invalid_manifest_keeps_the_last_good_desired_state(
     assert pids(fleet) == before
 
 
+def test_an_unchanged_manifest_is_not_parsed_again(tmp_path: Path, fleet: Embedded, token: str) -> None:
+    """The same bytes keep the same desired state value (and the same errors); new bytes make a new one."""
+    executable = fake_llama_executable(tmp_path)
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(manifest_text(executable, instance("alpha", token)))
+    reconciler = Reconciler([manifest])
+    reconciler.cycle(fleet)
+    first = reconciler.desired
+    assert first is not None
+    reconciler.cycle(fleet)
+    assert reconciler.desired is first, "an unchanged manifest was loaded again"
+
+    manifest.write_text(manifest_text(executable, instance("alpha", token)) + "# a comment\n")
+    reconciler.cycle(fleet)
+    assert reconciler.desired is not first and reconciler.desired == first
+
+    manifest.write_text("version: 1\nbogus: true\n")
+    broken = [reconciler.cycle(fleet) for _ in range(2)]
+    assert [c.manifest_errors for c in broken] == [1, 1]
+    assert broken[0].error_messages == broken[1].error_messages and "bogus" in broken[1].error_messages[0]
+
+
 def test_a_refused_plan_is_reported_not_applied(tmp_path: Path, fleet: Embedded, token: str) -> None:
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
