@@ -19,7 +19,7 @@ from typing import Any
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.executing.writes import Writes
-from fleetd.planning.plans import Action, ActionKind
+from fleetd.planning.plans import Action, ActionKind, Reason
 from fleetd.registry.leases import FencedOut
 from fleetd.registry.replicas import ReplicaRecord
 from fleetd.transport.agent_api import AgentClient, AgentError, LaunchRequest, ProgressSink, ReplicaStatus
@@ -120,8 +120,10 @@ def restart(ctx: StepContext, action: Action) -> StepResult:
 
 
 def unload(ctx: StepContext, action: Action) -> StepResult:
-    agent = _agent(ctx, action)
     instance, node, index = replica_key(action)
+    if action.reason is Reason.NODE_LOST and action.node not in ctx.agents:
+        return _forget_lost(ctx, action)
+    agent = _agent(ctx, action)
     op_id = ctx.writes.record_intent(node, f"{instance}/{index}", "unload", _payload(ctx, action))
     try:
         ctx.writes.set_replica_state(instance, node, index, ReplicaState.STOPPING)
@@ -135,6 +137,17 @@ def unload(ctx: StepContext, action: Action) -> StepResult:
         raise
     ctx.writes.complete_op(op_id)
     return StepResult("stopped" if existed else "was not running on the node; nothing to stop")
+
+
+def _forget_lost(ctx: StepContext, action: Action) -> StepResult:
+    """A replica on a node that went offline, with no agent to ask: its row is removed (its replacement is
+    planned beside this unload), rather than failing every apply until the node returns. Nothing is lost: a
+    node that comes back reports what it still runs, and the next plan stops what is no longer wanted."""
+    instance, node, index = replica_key(action)
+    op_id = ctx.writes.record_intent(node, f"{instance}/{index}", "unload", _payload(ctx, action))
+    ctx.writes.remove_replica(instance, node, index)
+    ctx.writes.complete_op(op_id)
+    return StepResult(f"node {node} is lost: forgot the replica; if the node returns, its agent reports it")
 
 
 def _launch(

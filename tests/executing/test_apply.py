@@ -311,6 +311,28 @@ def test_a_node_without_an_agent_fails_only_its_actions(engine: Engine, clock: M
     assert list(fleet.ops()) == ["gpu-a/qwen/0/load"]
 
 
+def test_a_replica_on_a_lost_node_without_an_agent_is_forgotten_and_replaced(
+    engine: Engine, clock: ManualClock
+) -> None:
+    fleet = Fleet(engine, clock)
+    fleet.node("gpu-a", agent=False)
+    desired = manifest("instances:\n" + instance("qwen"))
+    fleet.registry.upsert_replica(
+        replicas.ReplicaRecord("qwen", "gpu-a", 0, ReplicaState.RUNNING, config_hash=hash_of(desired, "qwen"))
+    )
+    clock.advance(120_000)
+    assert fleet.registry.mark_missed_heartbeats(unhealthy_after_ms=30_000, offline_after_ms=90_000) == (0, 1)
+    fleet.node("gpu-b")
+    result = fleet.plan(desired)
+    assert [a.id for a in result.actions] == ["load:qwen:gpu-b:1", "unload:qwen:gpu-a:0"]
+    report = fleet.apply(result, desired)
+    assert report.exit_code(result) == 0, report.outcomes
+    assert "node gpu-a is lost: forgot the replica" in report.outcomes[1].message
+    assert [(r.instance, r.node) for r in fleet.registry.snapshot().replicas] == [("qwen", "gpu-b")]
+    assert fleet.plan(desired).is_empty, "the lost replica keeps coming back in plans"
+    assert fleet.ops()["gpu-a/qwen/0/unload"].state is OpState.DONE
+
+
 def test_a_backend_is_installed_before_the_load_that_needs_it(engine: Engine, clock: ManualClock) -> None:
     fleet = Fleet(engine, clock)
     fleet.node("gpu-a", backends=())
