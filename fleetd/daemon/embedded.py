@@ -86,10 +86,12 @@ def preview_local_node(observed: ObservedState, state_dir: Path | None = None) -
     if any(node.name == LOCAL_NODE for node in observed.nodes):
         return observed
     report = read_node_facts(LOCAL_NODE, backends=installed_backends(state_dir=state_dir or default_state_dir()))
+    slots = 1  # what registration sets (register_node's default): a manifest without nodes sets none
     node = ObservedNode(
         name=LOCAL_NODE,
         status=NodeStatus.HEALTHY,
-        labels=tuple(sorted(nodes.auto_labels(LOCAL_NODE, _facts(report), 1).items())),
+        labels=tuple(sorted(nodes.auto_labels(LOCAL_NODE, _facts(report), slots).items())),
+        max_replicas_per_model=slots,
         gpu_vendor=report.gpu_vendor,
         total_vram=report.total_vram,
         available_vram=report.available_vram,

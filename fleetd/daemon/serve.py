@@ -1,10 +1,11 @@
 """``fleetd serve``: reconcile continuously, as Argo CD's self-heal does for Kubernetes (DESIGN.md sections 1, 3).
 
 The wiring of the parts, nothing more: triggers (interval tick, manifest watcher, SIGHUP, leadership changes,
-replica events from the agent) funnel into one worker that runs ``Reconciler.cycle`` one at a time; the ``controller`` lease decides whether
-this process runs cycles at all; the embedded agent (which supervises the replica processes: restarts,
-probes) is opened only while leading, so two controllers on one machine never both supervise one process;
-an HTTP server answers probes, metrics and status; systemd hears READY and WATCHDOG.
+replica events from the agent) funnel into one worker that runs ``Reconciler.cycle`` one at a time; the
+``controller`` lease decides whether this process runs cycles at all; the embedded agent (which supervises the
+replica processes: restarts, probes) is opened only while leading, so two controllers on one machine never
+both supervise one process; an HTTP server answers probes, metrics and status; systemd hears READY and
+WATCHDOG.
 
 Shutdown (SIGTERM/SIGINT) stops the triggers, lets the current cycle finish, gives the lease up and closes the
 agent, leaving the replicas running (the next controller adopts them) unless ``stop_on_exit``.
