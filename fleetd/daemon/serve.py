@@ -31,11 +31,14 @@ from fleetd.daemon.leadership import Leadership
 from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.reconciler import CycleResult, Reconciler, summary_line
 from fleetd.daemon.sd_notify import notify, watchdog_interval_s
-from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, interval_scheduler
+from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, interval_scheduler
 from fleetd.executing import Fence
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
 from fleetd.transport.agent_api import InstallProgress, ReplicaStatus
+
+REPLICA_EVENT_GAP_S = 0.25
+"""At most four cycles a second come from replica events (crash loops); manifest edits are not spaced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Daemon:
             options.paths, who=f"serve:{socket.gethostname()}:{os.getpid()}", on_progress=self._install_progress
         )
         self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed)
+        self._replica_events = SpacedTrigger(self.worker.trigger, min_gap_s=REPLICA_EVENT_GAP_S)
         self._registry = open_registry(self._url)
         self.leadership = Leadership(
             self._registry,
@@ -133,6 +137,7 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        self._replica_events.cancel()
         self.worker.stop()
         self.leadership.stop()
         self._close_fleet(stop_replicas=self._options.stop_on_exit)
@@ -162,7 +167,7 @@ class Daemon:
             return
         if self._fleet is None:
             self._fleet = open_embedded(
-                self._state_dir, database_url=self._options.database_url, on_replica_change=self.worker.trigger
+                self._state_dir, database_url=self._options.database_url, on_replica_change=self._replica_events
             )
         result = self.reconciler.cycle(self._fleet, fence)
         replicas = self._fleet.agent.list_replicas()

@@ -24,6 +24,8 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 from fleetd.manifest.reading import files_fingerprint, read_manifest_files
 
 WATCH_DEBOUNCE_MS = 100
+WATCH_TIMEOUT_MS = 200
+"""How long a quiet watch waits before it wakes (to learn that it is in place, and to see a directory swap)."""
 
 
 class CycleWorker:
@@ -62,6 +64,49 @@ class CycleWorker:
                 self._cycle()
             except Exception as exc:  # a failed cycle is reported; the next trigger tries again
                 self._on_error(exc)
+
+
+class SpacedTrigger:
+    """Passes calls on to ``trigger`` at most once per ``min_gap_s``: a call inside the gap is passed on once
+    when the gap ends, however many came. Replica events go through it, so that many replicas in a crash loop
+    cannot keep the worker cycling back to back while a single event still starts a cycle at once."""
+
+    def __init__(self, trigger: Callable[[], None], *, min_gap_s: float) -> None:
+        self._trigger = trigger
+        self._gap_s = min_gap_s
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._timer: threading.Timer | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a call waits for the gap to end."""
+        with self._lock:
+            return self._timer is not None
+
+    def __call__(self) -> None:
+        with self._lock:
+            wait = self._last + self._gap_s - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._deferred)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._last = time.monotonic()
+        self._trigger()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _deferred(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self._trigger()
 
 
 def interval_scheduler(trigger: Callable[[], None], *, interval_s: float) -> BackgroundScheduler:
@@ -107,11 +152,16 @@ class ManifestWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetd-watch", daemon=True)
         self._fingerprint = manifest_fingerprint(self._paths)
+        self._watching = threading.Event()
         self.last_change_at: float | None = None
         """``time.monotonic()`` when the last change was noticed (bench/converge.py)."""
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_until_watching(self, timeout_s: float) -> bool:
+        """Whether the watch is in place (within ``timeout_s``): from then on every change is noticed."""
+        return self._watching.wait(timeout_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,17 +177,28 @@ class ManifestWatcher:
             self._watch(directories)
 
     def _watch(self, directories: frozenset[Path]) -> None:
-        """Watch until stopped or until the set of directories to watch changes (a symlink was swapped)."""
-        for _ in watchfiles.watch(
+        """Watch until stopped or until the set of directories to watch changes (a symlink was swapped).
+
+        The watch is set up on the generator's first step, and a change made meanwhile would go unseen, so the
+        generator also yields (empty) every ``WATCH_TIMEOUT_MS`` without changes: the first such yield comes
+        once the watch is in place, and the manifest is compared then.
+        """
+        settled = False
+        for changes in watchfiles.watch(
             *sorted(directories),
             debounce=WATCH_DEBOUNCE_MS,
             step=20,
             stop_event=self._stop,
+            rust_timeout=WATCH_TIMEOUT_MS,
+            yield_on_timeout=True,
             recursive=False,
             watch_filter=None,
             raise_interrupt=False,
         ):
-            self._check()
+            if changes or not settled:
+                self._check()
+                settled = True
+                self._watching.set()
             if watch_directories(self._paths) != directories:
                 return
 
