@@ -165,9 +165,12 @@ class _Heard:
                     self._tell(line.rstrip())
 
     def heartbeat(self, elapsed_s: float) -> None:
-        if self._quiet:
+        with self._lock:
+            quiet, self._quiet = self._quiet, True
+        if quiet:
             self._tell(f"still running after {int(elapsed_s // 60)}m{int(elapsed_s % 60):02d}s")
-        self._quiet = True
+            with self._lock:
+                self._quiet = True  # the heartbeat itself is not output
 
     def _tell(self, line: str) -> None:
         with self._lock:

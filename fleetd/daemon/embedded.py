@@ -86,19 +86,16 @@ def preview_local_node(observed: ObservedState, state_dir: Path | None = None) -
     if any(node.name == LOCAL_NODE for node in observed.nodes):
         return observed
     report = read_node_facts(LOCAL_NODE, backends=installed_backends(state_dir=state_dir or default_state_dir()))
+    facts = _facts(report)
     slots = 1  # what registration sets (register_node's default): a manifest without nodes sets none
     node = ObservedNode(
         name=LOCAL_NODE,
         status=NodeStatus.HEALTHY,
-        labels=tuple(sorted(nodes.auto_labels(LOCAL_NODE, _facts(report), slots).items())),
+        labels=tuple(sorted(nodes.auto_labels(LOCAL_NODE, facts, slots).items())),
         max_replicas_per_model=slots,
-        gpu_vendor=report.gpu_vendor,
-        total_vram=report.total_vram,
-        available_vram=report.available_vram,
-        total_ram=report.total_ram,
-        available_ram=report.available_ram,
         backends=tuple(sorted(report.backends)),
         approved=True,
+        **dataclasses.asdict(facts),
     )
     return dataclasses.replace(observed, nodes=tuple(sorted((*observed.nodes, node), key=lambda n: n.name)))
 
