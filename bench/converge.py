@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from fleetd.daemon.reconciler import CycleResult
+from fleetd.controlling.reconciling import CycleResult
 from fleetd.daemon.serve import Daemon, ServeOptions
 
 FAKE_BACKEND = Path(__file__).resolve().parent.parent / "tests" / "fakes" / "fake_backend.py"

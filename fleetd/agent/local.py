@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from fleetd.agent.estimates import VramEstimates
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
 from fleetd.agent.node_facts import read_node_facts
 from fleetd.agent.ports import PortAllocator, PortsExhausted
@@ -63,6 +64,7 @@ class LocalAgent:
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._gpu_vendor: str | None = None
+        self._estimates = VramEstimates()
 
     @property
     def node(self) -> str:
@@ -111,6 +113,12 @@ class LocalAgent:
         report = read_node_facts(self._node, backends=installed_backends(state_dir=self._state_dir))
         self._gpu_vendor = report.gpu_vendor
         return report
+
+    def estimate(self, spec: InstanceSpec) -> int:
+        try:
+            return self._estimates.one(spec)
+        except EstimateError as exc:
+            raise AgentError(f"node {self._node}: cannot estimate the VRAM of {spec.name}: {exc}") from exc
 
     # helpers ------------------------------------------------------------------------------------------------
 

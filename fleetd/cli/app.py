@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import enum
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from fleetd.cli.apply_command import apply_command
-from fleetd.cli.options import DatabaseUrl
+from fleetd.cli.common import EXIT_ERROR, EXIT_OK, print_invalid, redact_url, registry_errors, validity_summary
+from fleetd.cli.options import DatabaseUrl, PathsArg
+from fleetd.cli.plan_command import plan_command
+from fleetd.cli.replica_command import replica_app
 from fleetd.cli.serve_command import serve
 from fleetd.cli.status_command import status_command
-
-if TYPE_CHECKING:
-    from fleetd.core.observed import ObservedState
 
 app = typer.Typer(
     name="fleetd",
@@ -32,17 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CHANGES = 2
-
-PathsArg = Annotated[
-    list[Path] | None,
-    typer.Argument(
-        help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
-    ),
-]
 
 
 class ValidateFormat(enum.StrEnum):
@@ -55,12 +41,6 @@ class InspectFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
     YAML = "yaml"
-
-
-class PlanFormat(enum.StrEnum):
-    TEXT = "text"
-    JSON = "json"
-    MARKDOWN = "markdown"
 
 
 @app.command()
@@ -77,7 +57,7 @@ def validate(
 
     loaded = load_manifest(paths or [Path("fleet.yaml")])
     valid = loaded.valid and not (strict and loaded.warnings)
-    summary = _summary(
+    summary = validity_summary(
         loaded.paths or [str(p) for p in paths or [Path("fleet.yaml")]],
         len(loaded.errors),
         len(loaded.warnings),
@@ -123,14 +103,12 @@ def inspect(
 ) -> None:
     """Show the desired state a valid manifest resolves to: defaults merged, units resolved, secrets redacted."""
     from fleetd.cli.desired_output import render_desired_json, render_desired_text
-    from fleetd.cli.diagnostics_output import render_text
     from fleetd.manifest.dumping import dump_manifest
     from fleetd.manifest.loading import load_manifest
 
     loaded = load_manifest(paths or [Path("fleet.yaml")])
     if loaded.desired is None or loaded.manifest is None:
-        summary = _summary(loaded.paths, len(loaded.errors), len(loaded.warnings), False)
-        sys.stderr.write(render_text(loaded.diagnostics, {f.name: f.text for f in loaded.files}, summary))
+        print_invalid(loaded, paths or [Path("fleet.yaml")])
         raise typer.Exit(EXIT_ERROR)
     if output_format is InspectFormat.JSON:
         sys.stdout.write(render_desired_json(loaded.desired, loaded.paths))
@@ -151,169 +129,34 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
     from fleetd.registry.migrating import current_revision, upgrade
 
     where = database_url or default_database_url()
-    with _registry_errors(where):
+    with registry_errors(where):
         engine = open_engine(database_url)
         before = current_revision(engine)
         after = upgrade(engine)
     if before == after:
-        sys.stdout.write(f"registry at {_redact_url(where)} is up to date (revision {after})\n")
+        sys.stdout.write(f"registry at {redact_url(where)} is up to date (revision {after})\n")
     else:
-        sys.stdout.write(f"registry at {_redact_url(where)} upgraded from {before or 'empty'} to {after}\n")
+        sys.stdout.write(f"registry at {redact_url(where)} upgraded from {before or 'empty'} to {after}\n")
 
 
 @db_app.command("current")
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the registry's schema revision and the newest one this fleetd ships."""
-    from fleetd.registry.engine import default_database_url, open_engine
+    from fleetd.registry.engine import open_engine
     from fleetd.registry.migrating import current_revision, head_revision
 
-    with _registry_errors(database_url or default_database_url()):
+    with registry_errors(database_url):
         current = current_revision(open_engine(database_url))
     head = head_revision()
     sys.stdout.write(f"current {current or 'empty'}, head {head}\n")
     raise typer.Exit(EXIT_OK if current == head else EXIT_ERROR)
 
 
-@contextmanager
-def _registry_errors(url: str) -> Iterator[None]:
-    """Turn a database failure into one line that says where and what, and exit 1 (no traceback)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        sys.stderr.write(f"error: registry at {_redact_url(url)}: {reason}\n")
-        raise typer.Exit(EXIT_ERROR) from None
-
-
-def _redact_url(url: str) -> str:
-    """Hide a password in a database URL before printing it."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-@app.command("plan")
-def plan_command(
-    paths: PathsArg = None,
-    *,
-    observed_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--observed",
-            help="Plan against this observed-state snapshot (fleetd status --format json) instead of the "
-            "registry; touches no database or network.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Save the plan here, for `fleetd apply FILE`.", show_default=False),
-    ] = None,
-    output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="Output format.")] = PlanFormat.TEXT,
-    allow_empty: Annotated[
-        bool, typer.Option("--allow-empty", help="Allow a plan that unloads every running replica.")
-    ] = False,
-    revision: Annotated[
-        str | None,
-        typer.Option(
-            "--revision",
-            help="The manifest's revision (e.g. a git SHA) to record in the plan.",
-            show_default=False,
-        ),
-    ] = None,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Show what apply would do. Exit 0 when nothing is to do, 2 when changes are pending, 1 on error."""
-    from fleetd.cli.diagnostics_output import render_text as render_diagnostics
-    from fleetd.manifest.loading import load_manifest
-    from fleetd.planning.planfile import dumps_plan
-    from fleetd.planning.planner import PlanPolicy, plan
-    from fleetd.planning.plans import PlanRefused
-    from fleetd.planning.rendering import render_json, render_markdown, render_text
-
-    loaded = load_manifest(paths or [Path("fleet.yaml")])
-    if loaded.desired is None:
-        summary = _summary(
-            loaded.paths or [str(p) for p in paths or [Path("fleet.yaml")]],
-            len(loaded.errors),
-            len(loaded.warnings),
-            False,
-        )
-        sys.stderr.write(render_diagnostics(loaded.diagnostics, {f.name: f.text for f in loaded.files}, summary))
-        raise typer.Exit(EXIT_ERROR)
-    if observed_path is not None:
-        observed = _read_snapshot(observed_path)
-    else:
-        from fleetd.registry.engine import default_database_url
-        from fleetd.registry.facade import open_registry
-
-        with _registry_errors(database_url or default_database_url()):
-            observed = open_registry(database_url).snapshot()
-        if database_url is None and not loaded.desired.nodes_declared:
-            from fleetd.daemon.embedded import preview_local_node
-
-            observed = preview_local_node(observed)  # the embedded mode's one node, before anything registered it
-    try:
-        result = plan(
-            loaded.desired,
-            observed,
-            now_ms=time.time_ns() // 1_000_000,
-            policy=PlanPolicy(allow_empty=allow_empty),
-            revision=revision,
-        )
-    except PlanRefused as exc:
-        hint = "" if "--allow-empty" in str(exc) else "hint: pass --allow-empty to plan it anyway\n"
-        sys.stderr.write(f"error: plan refused: {exc}\n{hint}")
-        raise typer.Exit(EXIT_ERROR) from None
-    renderers = {PlanFormat.TEXT: render_text, PlanFormat.JSON: render_json, PlanFormat.MARKDOWN: render_markdown}
-    sys.stdout.write(renderers[output_format](result, loaded.paths))
-    if out is not None:
-        try:
-            _write_atomically(out, dumps_plan(result, loaded.paths))
-        except OSError as exc:
-            sys.stderr.write(f"error: cannot save the plan to {out}: {exc.strerror or exc}\n")
-            raise typer.Exit(EXIT_ERROR) from None
-        sys.stderr.write(f"Saved the plan to {out}.\n")  # `fleetd apply PLANFILE` arrives with the daemon issue
-    raise typer.Exit(EXIT_OK if result.is_empty else EXIT_CHANGES)
-
-
-def _read_snapshot(path: Path) -> ObservedState:
-    """An observed-state snapshot from a file; any problem is one line naming the file (and JSON path), exit 1."""
-    from fleetd.planning.observed_json import SnapshotError, loads_observed
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        sys.stderr.write(f"error: cannot read the observed snapshot {path}: {reason}\n")
-        raise typer.Exit(EXIT_ERROR) from None
-    try:
-        return loads_observed(text)
-    except SnapshotError as exc:
-        sys.stderr.write(f"error: observed snapshot {path}: {exc}\n")
-        raise typer.Exit(EXIT_ERROR) from None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: a reader never sees half a plan."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+app.command("plan")(plan_command)
 app.command("apply")(apply_command)
 app.command("status")(status_command)
 app.command("serve")(serve)
+app.add_typer(replica_app, name="replica")
 
 
 @app.command()
@@ -322,12 +165,6 @@ def version() -> None:
     from fleetd import __version__
 
     sys.stdout.write(f"fleetd {__version__}\n")
-
-
-def _summary(paths: list[str] | tuple[str, ...], errors: int, warnings: int, valid: bool) -> str:
-    where = ", ".join(paths) if paths else "manifest"
-    counts = f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
-    return f"{where}: {'valid' if valid else 'invalid'} ({counts})"
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,5 +14,12 @@ DatabaseUrl = Annotated[
         envvar="FLEETD_DATABASE_URL",
         help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
         show_default=False,
+    ),
+]
+
+PathsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
     ),
 ]

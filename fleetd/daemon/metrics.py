@@ -13,8 +13,8 @@ from collections import Counter
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
+from fleetd.controlling.reconciling import CycleResult
 from fleetd.core.observed import NodeStatus, ObservedState, ReplicaState
-from fleetd.daemon.reconciler import CycleResult
 
 
 class Metrics:

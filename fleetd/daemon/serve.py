@@ -23,13 +23,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from fleetd.controlling.embedded import EmbeddedFleet, open_embedded
+from fleetd.controlling.leadership import Leadership
+from fleetd.controlling.reconciling import CycleResult, Reconciler, summary_line
+from fleetd.controlling.sources import PathSource
 from fleetd.core.observed import ReplicaState
 from fleetd.core.timestamps import iso_from_ms
-from fleetd.daemon.embedded import Embedded, open_embedded
 from fleetd.daemon.http_api import Endpoints, HttpApi
-from fleetd.daemon.leadership import Leadership
 from fleetd.daemon.metrics import Metrics
-from fleetd.daemon.reconciler import CycleResult, Reconciler, summary_line
 from fleetd.daemon.sd_notify import notify, watchdog_interval_s
 from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, interval_scheduler
 from fleetd.executing import Fence
@@ -78,11 +79,13 @@ class Daemon:
         self._shown_problem: str | None = None
         self._ready_sent = False
         self._announced: set[tuple[str, int, str | None]] = set()
-        self._fleet: Embedded | None = None
+        self._fleet: EmbeddedFleet | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
         self.metrics = Metrics()
         self.reconciler = Reconciler(
-            options.paths, who=f"serve:{socket.gethostname()}:{os.getpid()}", on_progress=self._install_progress
+            PathSource(options.paths),
+            who=f"serve:{socket.gethostname()}:{os.getpid()}",
+            on_progress=self._install_progress,
         )
         self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed)
         self._replica_events = SpacedTrigger(self.worker.trigger, min_gap_s=REPLICA_EVENT_GAP_S)

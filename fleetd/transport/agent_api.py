@@ -133,3 +133,9 @@ class AgentClient(Protocol):
     def health(self) -> NodeReport:
         """The node's facts now (GPU memory read live)."""
         ...
+
+    def estimate(self, spec: InstanceSpec) -> int:
+        """Bytes of accelerator memory the instance's model needs on this node (``vram: auto``), estimated
+        from the model file here: the controller never opens a model, which a remote node's model never
+        allows. Raises ``AgentError`` naming the model when this node cannot read it."""
+        ...

@@ -1,13 +1,17 @@
 """The ``AgentClient`` contract: what every implementation must do (DESIGN.md section 3).
 
-Today it runs against the in-process ``LocalAgent``; the gRPC client of the distributed mode will be added to
-the ``agent`` fixture's parameters and must pass the same tests. The replicas are the fake backend server
-(a vLLM-shaped process), installed as a binary backend, so the suite runs in seconds.
+It runs against the in-process ``LocalAgent`` (real processes: the fake backend server, a vLLM-shaped process,
+installed as a binary backend, so the suite runs in seconds) and against the executor tests' ``FakeAgent``
+(its "processes" are pids it tracks). The gRPC client of the distributed mode joins the ``agent`` fixture's
+parameters and must pass the same tests. ``alive(pid)`` asks each implementation's own notion of a running
+process: the OS for the local agent, the fake's process table for the fake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -17,8 +21,13 @@ from fleetd.agent.local import LocalAgent
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
+from fleetd.tools.tiny_gguf import write_tiny_model
 from fleetd.transport.agent_api import AgentClient, AgentError, LaunchRequest
 from tests.agent.support import fake_backend_executable, fake_manifest
+from tests.executing.fake_agent import CallLog, FakeAgent
+
+TINY_MODEL_ESTIMATE = 256 * 1024**2 + 4096
+"""What the fake answers for the tiny model: the local agent's estimate is of this order (overhead dominates)."""
 
 INSTANCES = """\
   chat:
@@ -35,14 +44,37 @@ def desired(tmp_path: Path) -> DesiredState:
     return fake_manifest(fake_backend_executable(tmp_path), instances=INSTANCES)
 
 
-@pytest.fixture(params=["local"])
-def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentClient]:
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    path = tmp_path / "models" / "tiny.gguf"
+    path.parent.mkdir()
+    write_tiny_model(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Subject:
+    agent: AgentClient
+    alive: Callable[[int], bool]
+
+
+@pytest.fixture(params=["local", "fake"])
+def subject(request: pytest.FixtureRequest, tmp_path: Path, tiny_model: Path) -> Iterator[Subject]:
+    if request.param == "fake":
+        fake = FakeAgent("node-1", CallLog(), models={str(tiny_model): TINY_MODEL_ESTIMATE})
+        yield Subject(fake, lambda pid: pid in fake.processes)
+        return
     local = LocalAgent("node-1", tmp_path / "state", stable_after_s=1.0)
     local.start()
     try:
-        yield local
+        yield Subject(local, _alive)
     finally:
         local.close(stop_replicas=True)
+
+
+@pytest.fixture
+def agent(subject: Subject) -> AgentClient:
+    return subject.agent
 
 
 def launch(desired: DesiredState, replica: int = 0) -> LaunchRequest:
@@ -58,7 +90,7 @@ def test_load_before_install_is_refused_with_a_clear_error(agent: AgentClient, d
     assert agent.list_replicas() == ()
 
 
-def test_install_load_list_unload(agent: AgentClient, desired: DesiredState) -> None:
+def test_install_load_list_unload(subject: Subject, agent: AgentClient, desired: DesiredState) -> None:
     backend = desired.backend("fake")
     assert backend is not None
     installed = agent.install_backend(backend)
@@ -69,20 +101,20 @@ def test_install_load_list_unload(agent: AgentClient, desired: DesiredState) -> 
     assert status.state is ReplicaState.RUNNING
     assert status.config_hash == launch(desired).config_hash
     assert status.address is not None and status.pid is not None
-    assert psutil.pid_exists(status.pid)
+    assert subject.alive(status.pid)
     assert [(r.instance, r.replica) for r in agent.list_replicas()] == [("chat", 0)]
 
     again = agent.load(launch(desired))  # idempotent: the same process
     assert again.pid == status.pid
 
     assert agent.unload("chat", 0, grace_s=5)
-    assert not _alive(status.pid)
+    assert not subject.alive(status.pid)
     assert agent.list_replicas() == ()
     assert not agent.unload("chat", 0)  # already gone: no error
 
 
 def test_replicas_are_listed_in_order_and_restart_replaces_the_process(
-    agent: AgentClient, desired: DesiredState
+    subject: Subject, agent: AgentClient, desired: DesiredState
 ) -> None:
     backend = desired.backend("fake")
     assert backend is not None
@@ -93,8 +125,8 @@ def test_replicas_are_listed_in_order_and_restart_replaces_the_process(
     restarted = agent.restart(launch(desired, 1))
     assert restarted.state is ReplicaState.RUNNING
     assert restarted.pid != second.pid
-    assert second.pid is not None and not _alive(second.pid)
-    assert first.pid is not None and _alive(first.pid)
+    assert second.pid is not None and not subject.alive(second.pid)
+    assert first.pid is not None and subject.alive(first.pid)
 
 
 def test_health_reports_the_node(agent: AgentClient, desired: DesiredState) -> None:
@@ -105,6 +137,25 @@ def test_health_reports_the_node(agent: AgentClient, desired: DesiredState) -> N
     assert report.node == "node-1"
     assert report.backends == ("fake",)
     assert report.total_ram > 0 or report.total_vram > 0
+
+
+def test_estimate_reads_the_model_on_the_node(agent: AgentClient, desired: DesiredState, tiny_model: Path) -> None:
+    spec = desired.instance("chat")
+    assert spec is not None
+    here = dataclasses.replace(spec, model=str(tiny_model), vram_bytes=None)
+    size = agent.estimate(here)
+    assert size > tiny_model.stat().st_size  # weights, KV cache and the runtime's overhead
+    assert agent.estimate(here) == size
+
+
+def test_estimate_of_a_model_not_on_the_node_names_it(
+    agent: AgentClient, desired: DesiredState, tmp_path: Path
+) -> None:
+    spec = desired.instance("chat")
+    assert spec is not None
+    missing = dataclasses.replace(spec, model=str(tmp_path / "nowhere.gguf"), vram_bytes=None)
+    with pytest.raises(AgentError, match=r"node node-1: cannot estimate the VRAM of chat: .*nowhere\.gguf"):
+        agent.estimate(missing)
 
 
 def _alive(pid: int) -> bool:

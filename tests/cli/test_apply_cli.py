@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from fleetd.cli import locking
-from fleetd.daemon.embedded import open_embedded
+from fleetd.controlling import leadership as locking
+from fleetd.controlling.embedded import open_embedded
 from fleetd.registry import leases
 from fleetd.registry.facade import open_registry
 from tests.agent.support import fake_backend_executable, kill_all, processes_with, wait_for

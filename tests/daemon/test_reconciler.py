@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fleetd.agent.estimates import VramEstimates
+from fleetd.controlling.embedded import EmbeddedFleet as Embedded
+from fleetd.controlling.embedded import open_embedded
+from fleetd.controlling.reconciling import Reconciler
 from fleetd.core.desired import InstanceSpec
-from fleetd.daemon.embedded import Embedded, open_embedded
-from fleetd.daemon.reconciler import Reconciler, VramEstimates
 from fleetd.executing import Fence
 from fleetd.manifest.loading import load_manifest_text
 from fleetd.registry import apply_log

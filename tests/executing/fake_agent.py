@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from fleetd.core.desired import BackendSpec
+from fleetd.core.desired import BackendSpec, InstallKind, InstanceSpec
 from fleetd.core.observed import ReplicaState
 from fleetd.transport.agent_api import (
     AgentError,
@@ -91,6 +91,11 @@ class FakeAgent:
     """Target -> the state a started replica reports (default running)."""
     starts: int = 0
     """Processes started (a load that found its replica already running starts none)."""
+    processes: set[int] = field(default_factory=set)
+    """The pids of the "processes" it runs: a stopped or replaced replica's pid leaves the set."""
+    models: dict[str, int] = field(default_factory=dict)
+    """Model path -> the bytes ``estimate`` answers; a model not listed is not on this node."""
+    total_vram: int = 80 * 1024**3
     _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(4000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,13 +122,15 @@ class FakeAgent:
             recipe = f"{backend.install.kind.value}:{backend.install.spec}"
             changed = self.installed.get(backend.name) != recipe
             self.installed[backend.name] = recipe
-            return InstallResult(backend.name, f"/opt/{backend.name}/bin/server", "1.0", changed)
+            binary = backend.install.kind is InstallKind.BINARY
+            executable = backend.install.spec if binary else f"/opt/{backend.name}/bin/server"
+            return InstallResult(backend.name, executable, "1.0", changed)
         finally:
             self.log.end(self.name, "install_backend", backend.name, started)
 
     def load(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
         target = f"{request.spec.name}/{request.replica}"
-        started = self._begin("load", target)
+        started = self._begin("load", target, backend=request.backend.name)
         try:
             key = (request.spec.name, request.replica)
             with self._lock:
@@ -136,10 +143,12 @@ class FakeAgent:
 
     def restart(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
         target = f"{request.spec.name}/{request.replica}"
-        started = self._begin("restart", target)
+        started = self._begin("restart", target, backend=request.backend.name)
         try:
             with self._lock:
                 previous = self.replicas.pop((request.spec.name, request.replica), None)
+                if previous is not None and previous.pid is not None:
+                    self.processes.discard(previous.pid)
                 status = self._start(request, target)
                 if previous is not None:
                     status = dataclasses.replace(status, restarts=previous.restarts + 1)
@@ -153,7 +162,10 @@ class FakeAgent:
         started = self._begin("unload", target)
         try:
             with self._lock:
-                return self.replicas.pop((instance, replica), None) is not None
+                stopped = self.replicas.pop((instance, replica), None)
+                if stopped is not None and stopped.pid is not None:
+                    self.processes.discard(stopped.pid)
+                return stopped is not None
         finally:
             self.log.end(self.name, "unload", target, started)
 
@@ -162,12 +174,30 @@ class FakeAgent:
             return tuple(self.replicas[k] for k in sorted(self.replicas))
 
     def health(self) -> NodeReport:
-        return NodeReport(self.name, "nvidia", (), 0, 0, 0, 0, "linux-x86_64", tuple(sorted(self.installed)))
+        with self._lock:
+            used = sum(r.vram_bytes for r in self.replicas.values())
+        free = max(0, self.total_vram - used)
+        return NodeReport(
+            self.name, "nvidia", (), self.total_vram, free, 0, 0, "linux-x86_64", tuple(sorted(self.installed))
+        )
+
+    def estimate(self, spec: InstanceSpec) -> int:
+        found = self.models.get(spec.model)
+        if found is None:
+            raise AgentError(
+                f"node {self.name}: cannot estimate the VRAM of {spec.name}: {spec.model} is not here"
+            )
+        return found
 
     # internals
-    def _begin(self, method: str, target: str) -> int:
+    def _begin(self, method: str, target: str, *, backend: str | None = None) -> int:
         started = self.log.begin(self.name)
         try:
+            if backend is not None and backend not in self.installed:
+                raise AgentError(
+                    f"backend {backend} is not installed on node {self.name}: apply a plan with its "
+                    "install_backend action first"
+                )
             event = self.holds.get(method)
             if event is not None and not event.wait(HOLD_LIMIT_S):
                 raise AgentError(f"{method} {target} was held and never released")
@@ -195,4 +225,5 @@ class FakeAgent:
             vram_bytes=request.vram_bytes,
         )
         self.replicas[(request.spec.name, request.replica)] = status
+        self.processes.add(pid)
         return status

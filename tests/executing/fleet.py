@@ -89,7 +89,7 @@ class Fleet:
                 nodes.set_backend_state(conn, name, backend, "installed", now_ms=self.clock())
         if not agent:
             return None
-        fake = self.agents[name] = FakeAgent(name, self.log)
+        fake = self.agents[name] = FakeAgent(name, self.log, installed=dict.fromkeys(backends, "installed"))
         return fake
 
     def agent(self, name: str) -> FakeAgent:

@@ -1,0 +1,104 @@
+"""What every command shares: exit codes, one-line errors, the manifest loaded or its diagnostics printed, and
+a database failure turned into one line that names the registry (DESIGN.md section 5; never a traceback).
+
+This module is the bottom of ``fleetd.cli``: the command modules import it, it imports none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from fleetd.manifest.loading import LoadedManifest
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+EXIT_DEGRADED = 3
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def error(message: str) -> int:
+    """Print ``error: message`` on stderr; returns the error exit code."""
+    sys.stderr.write(f"error: {message}\n")
+    return EXIT_ERROR
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` and exit 1."""
+    raise typer.Exit(error(message))
+
+
+def validity_summary(paths: Sequence[str], errors: int, warnings: int, valid: bool) -> str:
+    where = ", ".join(paths) if paths else "manifest"
+    counts = f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
+    return f"{where}: {'valid' if valid else 'invalid'} ({counts})"
+
+
+def print_invalid(loaded: LoadedManifest, paths: Sequence[Path | str], *, stream: str = "stderr") -> None:
+    """An invalid manifest's diagnostics with their source lines, and the summary line."""
+    from fleetd.cli.diagnostics_output import render_text
+
+    summary = validity_summary(
+        loaded.paths or [str(p) for p in paths], len(loaded.errors), len(loaded.warnings), False
+    )
+    (sys.stderr if stream == "stderr" else sys.stdout).write(
+        render_text(loaded.diagnostics, {f.name: f.text for f in loaded.files}, summary)
+    )
+
+
+def load_or_exit(paths: Sequence[Path | str]) -> LoadedManifest:
+    """Load a manifest; when it is invalid, print its diagnostics on stderr and exit 1."""
+    from fleetd.manifest.loading import load_manifest
+
+    loaded = load_manifest(paths)
+    if loaded.desired is None:
+        print_invalid(loaded, paths)
+        raise typer.Exit(EXIT_ERROR)
+    return loaded
+
+
+@contextmanager
+def registry_errors(url: str | None) -> Iterator[None]:
+    """Turn a database failure into one line that says where and what, and exit 1 (no traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        from fleetd.registry.engine import default_database_url
+
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        sys.stderr.write(f"error: registry at {redact_url(url or default_database_url())}: {reason}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

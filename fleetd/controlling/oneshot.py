@@ -1,0 +1,213 @@
+"""The one-shot commands' side of the controller path: ``fleetd plan``, ``apply`` and ``status`` open the fleet
+here, under the controller lease where they may act, and run ``plan_once`` / ``apply_once`` / ``status_once``.
+
+Who may act: ``apply`` holds the ``controller`` lease from before the agent starts until the end and hands its
+fencing epoch to the executor. ``status`` takes the lease only if it is free: while another controller holds
+it (a running ``serve``, an apply), it shows the registry as that controller last recorded it, since a second
+agent would supervise the same processes twice (two restarts of one crash). ``plan`` never starts an agent.
+The CLI formats what these return and turns it into an exit code; it decides nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from fleetd.controlling import leadership
+from fleetd.controlling.cycles import Planned, apply_once, plan_once, stale_reason
+from fleetd.controlling.embedded import EmbeddedFleet, open_embedded, preview_local_node
+from fleetd.controlling.fleets import RecordedFleet, SnapshotFleet
+from fleetd.controlling.status import FleetStatus, Manifest, status_once
+from fleetd.core.desired import DesiredState
+from fleetd.core.observed import ObservedState
+from fleetd.executing import ApplyReport, PlanMismatch, save_scheduling
+from fleetd.executing.report import ActionOutcome
+from fleetd.planning.planner import PlanPolicy
+from fleetd.planning.plans import Plan, PlanRefused
+from fleetd.planning.targeting import only_targets
+from fleetd.registry.facade import open_registry
+from fleetd.transport.agent_api import InstallProgress
+
+
+def plan_fleet(
+    desired: DesiredState,
+    *,
+    database_url: str | None,
+    policy: PlanPolicy,
+    revision: str | None,
+    observed: ObservedState | None = None,
+) -> Planned:
+    """Plan against ``observed`` (a recorded snapshot) or the registry, starting no agent. On the default
+    (embedded) registry, a manifest without ``nodes`` plans on this machine even before the first apply
+    registered it. Raises ``PlanRefused``; a database failure raises ``SQLAlchemyError``."""
+    if observed is not None:
+        return plan_once(SnapshotFleet(observed), desired, policy=policy, revision=revision)
+    registry = open_registry(database_url)
+    try:
+        preview = database_url is None and not desired.nodes_declared
+        fleet = RecordedFleet(registry, preview_local_node) if preview else RecordedFleet(registry)
+        return plan_once(fleet, desired, policy=policy, revision=revision)
+    finally:
+        registry.engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    observed: ObservedState
+    status: FleetStatus
+    holder: str | None
+    """Who holds the controller lease when it was not ours (the observation is then the registry's record)."""
+
+
+def status_fleet(database_url: str | None, manifest: Manifest | None) -> StatusReport:
+    """The fleet as the local agent sees it, taken under the controller lease; while another controller holds
+    the lease, the registry as that controller last recorded it, and its name."""
+    registry = open_registry(database_url)
+    try:
+        try:
+            held = leadership.acquire(registry, leadership.holder_id("status"), timeout_s=0)
+        except leadership.LockBusy as busy:
+            observed, status = status_once(RecordedFleet(registry), manifest)
+            return StatusReport(observed, status, busy.holder or "another fleetd")
+        with leadership.renewed(registry, held), embedded_fleet(database_url) as fleet:
+            observed, status = status_once(fleet, manifest, observed=fleet.observe_settled())
+            return StatusReport(observed, status, None)
+    finally:
+        registry.engine.dispose()
+
+
+class ApplyListener(Protocol):
+    """What ``apply_fleet`` tells the person running it, and asks them."""
+
+    def planned(self, plan: Plan) -> None:
+        """The plan about to run (shown before ``confirm``)."""
+        ...
+
+    def confirm(self, plan: Plan) -> str | None:
+        """``None`` to go ahead, or why not (the apply then changes nothing)."""
+        ...
+
+    def outcome(self, outcome: ActionOutcome) -> None: ...
+
+    def progress(self, event: InstallProgress) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRequest:
+    desired: DesiredState
+    revision: str | None = None
+    saved: Plan | None = None
+    """A plan saved by ``fleetd plan --out``: executed exactly, or refused as stale."""
+    targets: tuple[str, ...] = ()
+    allow_empty: bool = False
+    lock_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    plan: Plan | None = None
+    report: ApplyReport | None = None
+    error: str | None = None
+    """Why nothing (more) was applied: refused, stale, cancelled, not fitting the manifest, the lock busy."""
+    lease_lost: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 converged and healthy, 1 error, 3 applied (or nothing to apply) but unhealthy or unschedulable."""
+        if self.error is not None or self.lease_lost or self.plan is None:
+            return 1
+        if self.report is None:
+            return 3 if self.plan.unschedulable else 0
+        return self.report.exit_code(self.plan)
+
+
+def apply_fleet(request: ApplyRequest, *, database_url: str | None, listener: ApplyListener) -> ApplyResult:
+    """Observe, plan (or check the saved plan), confirm and execute, under the controller lease."""
+    registry = open_registry(database_url)
+    try:
+        try:
+            lease = leadership.acquire(registry, leadership.holder_id("apply"), timeout_s=request.lock_timeout_s)
+        except leadership.LockBusy as exc:
+            return ApplyResult(error=str(exc))
+        with leadership.renewed(registry, lease), embedded_fleet(database_url) as fleet:
+            result = apply_locked(fleet, request, lease, listener)
+        return replace(result, lease_lost=lease.lost.is_set())
+    finally:
+        registry.engine.dispose()
+
+
+def apply_locked(
+    fleet: EmbeddedFleet,
+    request: ApplyRequest,
+    lease: leadership.HeldLease,
+    listener: ApplyListener | None = None,
+) -> ApplyResult:
+    """Everything an apply does under the lease; without a listener nothing is shown or asked."""
+    listener = listener or _Silent()
+    observed = fleet.observe_settled()
+    if request.saved is not None:
+        the_plan = request.saved
+        stale = stale_reason(the_plan, None, observed)
+        if stale is not None:
+            return ApplyResult(error=stale)
+    else:
+        policy = PlanPolicy(allow_empty=request.allow_empty)
+        try:
+            the_plan = plan_once(
+                fleet, request.desired, policy=policy, revision=request.revision, observed=observed
+            ).plan
+        except PlanRefused as exc:
+            return ApplyResult(error=f"plan refused: {exc}")
+        save_scheduling(fleet.registry, the_plan.scheduling, lease.fence)  # as serve does, every plan
+        if request.targets:
+            the_plan = only_targets(the_plan, request.targets)
+    if the_plan.is_empty:
+        return ApplyResult(plan=the_plan)
+    listener.planned(the_plan)
+    refusal = listener.confirm(the_plan)
+    if refusal is not None:
+        return ApplyResult(plan=the_plan, error=refusal)
+    try:
+        applied = apply_once(
+            fleet,
+            request.desired,
+            the_plan,
+            fence=lease.fence,
+            who=lease.fence.holder,
+            on_event=listener.outcome,
+            on_progress=listener.progress,
+            save_records=False,
+        )
+    except PlanMismatch as exc:
+        return ApplyResult(plan=the_plan, error=str(exc))
+    return ApplyResult(plan=the_plan, report=applied.report)
+
+
+class _Silent:
+    def planned(self, plan: Plan) -> None:
+        return None
+
+    def confirm(self, plan: Plan) -> str | None:
+        return None
+
+    def outcome(self, outcome: ActionOutcome) -> None:
+        return None
+
+    def progress(self, event: InstallProgress) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def embedded_fleet(database_url: str | None) -> Iterator[EmbeddedFleet]:
+    fleet = open_embedded(database_url=database_url)
+    try:
+        yield fleet
+    finally:
+        fleet.close(stop_replicas=False)
+
+
+def manifest_targets_unknown(desired: DesiredState, targets: Sequence[str]) -> list[str]:
+    """The ``--target`` names that are no instance of the manifest."""
+    return sorted({t for t in targets if desired.instance(t) is None})
