@@ -3,16 +3,18 @@
 It compares what the manifest declares with what the registry observed and returns the actions that close the
 gap, each with a reason: node approvals, labels and drains first; then, instance by instance in priority
 order, replicas to load (placed by ``placement``), restart (config changed, unhealthy) and unload (removed,
-scaled down, idle, evicted, drained, node lost). It reads no clock, file or network; ``now_ms`` is an argument.
+scaled down, idle, evicted, drained) and forget (replicas on lost nodes). It reads no clock, file or network; ``now_ms`` is an argument.
 
 Rules that keep plans safe and calm:
 - a plan that would take the fleet from some running replicas to none by the manifest's doing (removals,
-  scale-downs) is refused unless ``allow_empty``; idle timeouts and lost nodes are not the manifest's doing;
+  scale-downs) is refused unless ``allow_empty``; idle timeouts and lost nodes (forgotten replicas) are not
+  the manifest's doing;
 - a config change rolls through an instance's replicas in batches chained by ``depends_on``, surging a new
   process before stopping the old one when ``rollout.max_surge`` and the node's free VRAM allow; a restart that
   would not fit even with the old process stopped is left out, with a note;
 - a replica moved off a draining node is loaded elsewhere first, then the old one is unloaded; one on a lost node
-  or evicted by a higher priority is unloaded at once and replaced elsewhere (``replace``, ``from_node``);
+  is forgotten and one evicted by a higher priority is unloaded at once, each replaced elsewhere (``replace``,
+  ``from_node``);
 - replicas above ``min_replicas`` that are idle (nothing in flight, unused for ``idle_timeout`` or the policy's
   delay) are unloaded; when every running replica is busy, one more is loaded, up to ``max_replicas``;
 - VRAM accounting includes reservations and every placement made earlier in the same plan; a placement that
@@ -39,7 +41,25 @@ from fleetd.core.timestamps import iso_from_ms, ms_from_iso
 from fleetd.planning.hysteresis import HysteresisPolicy, capacity_digest, cooling_down, next_record
 from fleetd.planning.launch_config import launch_hashes
 from fleetd.planning.placement import Candidates, NodeCapacity, Request, place
-from fleetd.planning.plans import Action, ActionKind, DetailValue, Plan, PlanRefused, Reason, Unschedulable
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    LoadDetails,
+    Plan,
+    PlanRefused,
+    Reason,
+    RestartDetails,
+    RestartStrategy,
+    Unschedulable,
+    approve_action,
+    drain_action,
+    forget_action,
+    install_action,
+    labels_action,
+    load_action,
+    restart_action,
+    unload_action,
+)
 from fleetd.runtimes import runtime_for
 
 LIVE = (ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.UNHEALTHY)
@@ -204,19 +224,18 @@ def _plan_nodes(state: _Pass) -> None:
         if spec is None:
             continue
         if not node.approved and spec.approved:
-            action = Action(ActionKind.APPROVE_NODE, Reason.PRE_APPROVED, node.name)
+            action = approve_action(node.name)
             state.actions.append(action)
             state.node_prerequisites[node.name].append(action.id)
         manifest_labels = tuple((k, v) for k, v in node.labels if k not in AUTO_LABEL_KEYS)
-        if manifest_labels != spec.labels or node.max_replicas_per_model != spec.max_replicas_per_model:
-            details: list[tuple[str, DetailValue]] = [("labels", spec.labels)]
-            if node.max_replicas_per_model != spec.max_replicas_per_model:  # only what changes is shown
-                details.append(("max_replicas_per_model", spec.max_replicas_per_model))
-            action = Action(ActionKind.SET_LABELS, Reason.LABELS_CHANGED, node.name, details=tuple(details))
+        slots_change = node.max_replicas_per_model != spec.max_replicas_per_model
+        if manifest_labels != spec.labels or slots_change:
+            # only what changes is shown: the slots only when they change
+            action = labels_action(node.name, spec.labels, spec.max_replicas_per_model if slots_change else None)
             state.actions.append(action)
             state.node_prerequisites[node.name].append(action.id)
         if spec.drain and node.status is not NodeStatus.DRAINING:
-            state.actions.append(Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, node.name))
+            state.actions.append(drain_action(node.name))
 
 
 def _node_capacity(state: _Pass, node: ObservedNode) -> NodeCapacity:
@@ -281,7 +300,9 @@ def _plan_instance(
             continue
         node = nodes.get(replica.node)
         if node is None or node.status is NodeStatus.OFFLINE:
-            state.actions.append(_unload(replica, Reason.NODE_LOST))
+            state.actions.append(
+                forget_action(spec.name, replica.node, replica.replica, vram_bytes=replica.vram_bytes)
+            )
             if (lost := state.capacity(replica.node)) is not None:
                 lost.give_back(spec.name, 0)
             gone.append((replica, Reason.NODE_LOST))
@@ -454,21 +475,15 @@ def _rollout(state: _Pass, need: _Need, staying: list[ObservedReplica]) -> None:
             continue
         if len(current) == batch:
             previous, current = tuple(current), []
-        details: list[tuple[str, DetailValue]] = [
-            ("config_hash", want_hash),
-            ("previous_config_hash", replica.config_hash),
-            ("strategy", "surge" if surge else "stop_first"),
-            ("vram_bytes", size),
-        ]
-        action = Action(
-            ActionKind.RESTART,
-            reason,
+        strategy = RestartStrategy.SURGE if surge else RestartStrategy.STOP_FIRST
+        action = restart_action(
+            spec.name,
             replica.node,
-            instance=spec.name,
-            replica=replica.replica,
+            replica.replica,
             backend=backend.name,
+            reason=reason,
+            details=RestartDetails(want_hash, replica.config_hash, strategy, size),
             depends_on=tuple(sorted({*previous, *waits})),
-            details=tuple(sorted(details)),
         )
         state.actions.append(action)
         current.append(action.id)
@@ -493,30 +508,23 @@ def _load(state: _Pass, need: _Need, index: int, reason: Reason, *, source: str 
     if backend.name not in node.node.backends:
         key = (node_name, backend.name)
         if key not in state.installs:
-            install = Action(
-                ActionKind.INSTALL_BACKEND,
-                Reason.BACKEND_MISSING,
+            install = install_action(
                 node_name,
-                backend=backend.name,
+                backend.name,
+                f"{backend.install.kind.value}:{backend.install.spec}",
                 depends_on=tuple(state.node_prerequisites.get(node_name, ())),
-                details=(("install", f"{backend.install.kind.value}:{backend.install.spec}"),),
             )
             state.actions.append(install)
             state.installs[key] = install.id
         depends.append(state.installs[key])
-    action = Action(
-        ActionKind.LOAD,
-        reason,
+    action = load_action(
+        spec.name,
         node_name,
-        instance=spec.name,
-        replica=index,
+        index,
         backend=backend.name,
+        reason=reason,
+        details=LoadDetails(need.config_hash, size, source),
         depends_on=tuple(sorted(set(depends))),
-        details=(
-            ("config_hash", need.config_hash),
-            *((("from_node", source),) if source is not None else ()),
-            ("vram_bytes", size),
-        ),
     )
     state.actions.append(action)
     return action
@@ -568,7 +576,8 @@ def _evict_for(state: _Pass, request: Request) -> tuple[str | None, tuple[str, .
 def _refuse_emptying(state: _Pass) -> None:
     """Refuse a plan that takes the fleet from some live replicas to none, like Argo CD's refusal to prune to
     zero. Only the manifest's doing counts: a plan whose unloads are all idle timeouts (an on-demand instance
-    going to sleep) or replicas on lost nodes (already gone) records what the fleet does by itself."""
+    going to sleep) records what the fleet does by itself, and a replica forgotten on a lost node was not taken
+    away by the plan (so a plan that forgets one never empties the fleet by itself)."""
     if state.policy.allow_empty:
         return
     unloads = {a.id: a for a in state.actions if a.kind is ActionKind.UNLOAD}
@@ -581,7 +590,7 @@ def _refuse_emptying(state: _Pass) -> None:
         return
     if not all(_unload(r, Reason.REMOVED).id in unloads for r in live):
         return
-    if all(a.reason in (Reason.IDLE, Reason.NODE_LOST) for a in unloads.values()):
+    if all(a.reason is Reason.IDLE for a in unloads.values()):
         return
     raise PlanRefused(
         f"this plan would unload every running replica of the fleet ({len(live)}); if that is what you mean, "
@@ -600,14 +609,13 @@ def _capacity(state: _Pass, node: str) -> NodeCapacity:
 
 
 def _unload(replica: ObservedReplica, reason: Reason, depends_on: tuple[str, ...] = ()) -> Action:
-    return Action(
-        ActionKind.UNLOAD,
-        reason,
+    return unload_action(
+        replica.instance,
         replica.node,
-        instance=replica.instance,
-        replica=replica.replica,
+        replica.replica,
+        reason=reason,
+        vram_bytes=replica.vram_bytes,
         depends_on=depends_on,
-        details=(("vram_bytes", replica.vram_bytes),),
     )
 
 
@@ -630,6 +638,7 @@ _KIND_ORDER = {
     ActionKind.LOAD: 4,
     ActionKind.RESTART: 5,
     ActionKind.UNLOAD: 6,
+    ActionKind.FORGET: 7,
 }
 
 

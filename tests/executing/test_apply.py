@@ -7,6 +7,7 @@ from sqlalchemy import Engine, select
 
 from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.executing import ActionOutcome, Fence, PlanMismatch
+from fleetd.planning.plans import RestartDetails
 from fleetd.registry import apply_log, replicas
 from fleetd.registry.nodes import Heartbeat
 from fleetd.registry.pending_ops import OpState
@@ -324,13 +325,13 @@ def test_a_replica_on_a_lost_node_without_an_agent_is_forgotten_and_replaced(
     assert fleet.registry.mark_missed_heartbeats(unhealthy_after_ms=30_000, offline_after_ms=90_000) == (0, 1)
     fleet.node("gpu-b")
     result = fleet.plan(desired)
-    assert [a.id for a in result.actions] == ["load:qwen:gpu-b:1", "unload:qwen:gpu-a:0"]
+    assert [a.id for a in result.actions] == ["load:qwen:gpu-b:1", "forget:qwen:gpu-a:0"]
     report = fleet.apply(result, desired)
     assert report.exit_code(result) == 0, report.outcomes
     assert "node gpu-a is lost: forgot the replica" in report.outcomes[1].message
     assert [(r.instance, r.node) for r in fleet.registry.snapshot().replicas] == [("qwen", "gpu-b")]
     assert fleet.plan(desired).is_empty, "the lost replica keeps coming back in plans"
-    assert fleet.ops()["gpu-a/qwen/0/unload"].state is OpState.DONE
+    assert fleet.ops()["gpu-a/qwen/0/forget"].state is OpState.DONE
 
 
 def test_a_backend_is_installed_before_the_load_that_needs_it(engine: Engine, clock: ManualClock) -> None:
@@ -382,7 +383,7 @@ def test_a_restart_reserves_what_its_strategy_needs(
     changed = manifest("instances:\n" + instance("qwen", vram=new_vram, ctx=4096))
     result = fleet.plan(changed)
     [restart] = result.actions
-    assert (restart.id, restart.detail("strategy")) == ("restart:qwen:gpu-a:0", strategy)
+    assert (restart.id, restart.details_as(RestartDetails).strategy) == ("restart:qwen:gpu-a:0", strategy)
     report = fleet.apply(result, changed)
     assert report.ok()
     assert [o.replica_state for o in report.outcomes] == ["running"]

