@@ -1,0 +1,85 @@
+"""Rollout: restart the replicas whose launch config changed or that are unhealthy, in batches.
+
+A step of the per-instance pipeline, run on the replicas that stay. Batches are ``max(1, max_surge,
+max_unavailable)`` restarts, each batch waiting for the one before (``depends_on``). A restart surges (a new
+process beside the old one until it is healthy) when ``rollout.max_surge`` allows and the node has room for
+both, and stops the old process first otherwise; the room it takes is reserved on the node, so placements later
+in the plan cannot take it. A restart that does not fit even with the old process stopped is not planned (a
+note says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetd.core.observed import ObservedReplica, ReplicaState
+from fleetd.planning.context import Need, Pass
+from fleetd.planning.plans import Reason, RestartDetails, RestartStrategy, restart_action
+
+
+@dataclass(frozen=True, slots=True)
+class RestartFit:
+    strategy: RestartStrategy
+    waits: tuple[str, ...]
+    """The unloads of this plan whose memory the restart uses."""
+
+
+def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
+    """Restart stale or unhealthy replicas in batches; each batch waits for the one before (``depends_on``)."""
+    spec, want = need.spec, need.config_hash
+    stale = [r for r in staying if r.config_hash != want or r.state is ReplicaState.UNHEALTHY]
+    if not stale:
+        return
+    batch = max(1, spec.rollout.max_surge, spec.rollout.max_unavailable)
+    previous: tuple[str, ...] = ()
+    current: list[str] = []
+    for replica in stale:
+        reason = Reason.CONFIG_CHANGED if replica.config_hash != want else Reason.UNHEALTHY
+        fit = fit_restart(p, need, replica, surge=spec.rollout.max_surge > 0)
+        if fit is None:
+            room = p.fleet.known(replica.node).free + replica.vram_bytes
+            p.draft.notes.append(
+                f"replica {spec.name}/{replica.node}/{replica.replica} is not restarted ({reason.value}): it needs "
+                f"{need.size} bytes and node {replica.node} has {room} even with it stopped"
+            )
+            continue
+        if len(current) == batch:
+            previous, current = tuple(current), []
+        current.append(plan_restart(p, need, replica, reason, fit, after=previous))
+
+
+def fit_restart(p: Pass, need: Need, replica: ObservedReplica, *, surge: bool) -> RestartFit | None:
+    """Reserve the room a restart of ``replica`` takes on its node; the strategy and what it waits for, or
+    ``None`` when it does not fit even with the old process stopped."""
+    node = p.fleet.known(replica.node)
+    size, held = need.size, replica.vram_bytes
+    if surge and node.free >= size:
+        waits = node.waits_for(size)
+        node.reserve(size)  # the new process runs beside the old until it is healthy
+        return RestartFit(RestartStrategy.SURGE, waits)
+    if node.free + held >= size:
+        # Stopping first frees the old process's memory; only growth takes more. Memory it frees is not
+        # offered to other placements: they may run before this restart.
+        growth = max(0, size - held)
+        waits = node.waits_for(growth) if growth else ()
+        node.reserve(growth)
+        return RestartFit(RestartStrategy.STOP_FIRST, waits)
+    return None
+
+
+def plan_restart(
+    p: Pass, need: Need, replica: ObservedReplica, reason: Reason, fit: RestartFit, *, after: tuple[str, ...] = ()
+) -> str:
+    """Append the restart; it waits for ``after`` and for the unloads whose memory it uses. Returns its id."""
+    details = RestartDetails(need.config_hash, replica.config_hash, fit.strategy, need.size)
+    action = restart_action(
+        need.spec.name,
+        replica.node,
+        replica.replica,
+        backend=need.backend.name,
+        reason=reason,
+        details=details,
+        depends_on=tuple(sorted({*after, *fit.waits})),
+    )
+    p.draft.actions.append(action)
+    return action.id
