@@ -11,7 +11,7 @@ Rules that keep plans safe and calm:
   the manifest's doing;
 - a config change rolls through an instance's replicas in batches chained by ``depends_on``, surging a new
   process before stopping the old one when ``rollout.max_surge`` and the node's free VRAM allow; a restart that
-  would not fit even with the old process stopped is left out, with a note;
+  would not fit even with the old process stopped is reported unschedulable;
 - a replica moved off a draining node is loaded elsewhere first, then the old one is unloaded; one on a lost node
   is forgotten and one evicted by a higher priority is unloaded at once, each replaced elsewhere (``replace``,
   ``from_node``);

@@ -4,8 +4,8 @@ A step of the per-instance pipeline, run on the replicas that stay. Batches are 
 max_unavailable)`` restarts, each batch waiting for the one before (``depends_on``). A restart surges (a new
 process beside the old one until it is healthy) when ``rollout.max_surge`` allows and the node has room for
 both, and stops the old process first otherwise; the room it takes is reserved on the node, so placements later
-in the plan cannot take it. A restart that does not fit even with the old process stopped is not planned (a
-note says so).
+in the plan cannot take it. A restart that does not fit even with the old process stopped is not planned: the
+replica is reported unschedulable (``insufficient_vram``), so ``fleetd apply`` exits 3 until there is room.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fleetd.core.observed import ObservedReplica, ReplicaState
 from fleetd.planning.context import Need, Pass
-from fleetd.planning.plans import Reason, RestartDetails, RestartStrategy, restart_action
+from fleetd.planning.plans import Reason, RestartDetails, RestartStrategy, Unschedulable, restart_action
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +34,13 @@ def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
     previous: tuple[str, ...] = ()
     current: list[str] = []
     for replica in stale:
-        reason = Reason.CONFIG_CHANGED if replica.config_hash != want else Reason.UNHEALTHY
         fit = fit_restart(p, need, replica, surge=spec.rollout.max_surge > 0)
         if fit is None:
-            room = p.fleet.known(replica.node).free + replica.vram_bytes
-            p.draft.notes.append(
-                f"replica {spec.name}/{replica.node}/{replica.replica} is not restarted ({reason.value}): it needs "
-                f"{need.size} bytes and node {replica.node} has {room} even with it stopped"
-            )
+            p.draft.add_unschedulable(no_room(spec.name))
             continue
         if len(current) == batch:
             previous, current = tuple(current), []
+        reason = Reason.CONFIG_CHANGED if replica.config_hash != want else Reason.UNHEALTHY
         current.append(plan_restart(p, need, replica, reason, fit, after=previous))
 
 
@@ -83,3 +79,8 @@ def plan_restart(
     )
     p.draft.actions.append(action)
     return action.id
+
+
+def no_room(instance: str) -> Unschedulable:
+    """One replica that cannot be restarted where it is for want of memory."""
+    return Unschedulable(instance, 1, (("insufficient_vram", 1),))

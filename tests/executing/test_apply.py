@@ -398,6 +398,19 @@ def test_a_restart_reserves_what_its_strategy_needs(
     assert fleet.ops()["gpu-a/qwen/0/restart"].state is OpState.DONE
 
 
+def test_a_restart_without_room_leaves_the_apply_degraded(engine: Engine, clock: ManualClock) -> None:
+    fleet = Fleet(engine, clock)
+    fleet.node("gpu-a", vram_gib=8)
+    first = manifest("instances:\n" + instance("qwen"))
+    assert fleet.apply(fleet.plan(first), first).ok()
+    fleet.registry.heartbeat([Heartbeat("gpu-a", available_vram=2 * GIB, available_ram=0)])
+    grown = manifest("instances:\n" + instance("qwen", vram="12GiB", ctx=4096))
+    result = fleet.plan(grown)
+    assert (result.actions, [u.instance for u in result.unschedulable]) == ((), ["qwen"])
+    report = fleet.apply(result, grown)
+    assert report.exit_code(result) == 3  # applied (nothing), but a replica cannot run its desired config
+
+
 def test_nodes_are_approved_and_labelled_before_loads_on_them(engine: Engine, clock: ManualClock) -> None:
     fleet = Fleet(engine, clock)
     fleet.node("gpu-a", approve=False)

@@ -342,16 +342,29 @@ def test_the_rollout_batch_is_the_largest_of_surge_unavailable_and_one(
         assert {a.details_as(RestartDetails).strategy for a in result.actions} == {"stop_first"}
 
 
-def test_a_restart_that_cannot_fit_even_with_the_old_process_stopped_is_not_planned() -> None:
+def test_a_restart_that_cannot_fit_even_with_the_old_process_stopped_is_unschedulable() -> None:
     old = manifest("instances:\n" + instance("qwen", vram="6GiB"))
     new = manifest("instances:\n" + instance("qwen", vram="12GiB").replace("ctx_size: 8192", "ctx_size: 32768"))
     before = observed([gpu("gpu-a", 4)], [replica(old, "qwen", "gpu-a", 0)])
     result = plan(new, before, now_ms=NOW)
     assert result.is_empty  # 6 GiB freed + 4 GiB free < 12 GiB: restarting would over-commit the GPU
-    assert result.notes == (
-        f"replica qwen/gpu-a/0 is not restarted (config_changed): it needs {12 * GIB} bytes and node gpu-a has "
-        f"{10 * GIB} even with it stopped",
+    # Reported as a replica that cannot run (so `fleetd apply` exits 3), not as a note.
+    assert result.unschedulable == (Unschedulable("qwen", 1, (("insufficient_vram", 1),)),)
+    assert result.notes == ()
+
+
+def test_a_restart_without_room_merges_with_the_instance_s_unplaced_replicas() -> None:
+    old = manifest("instances:\n" + instance("qwen", vram="6GiB", min_replicas=2))
+    new = manifest(
+        "instances:\n"
+        + instance("qwen", vram="12GiB", min_replicas=2).replace("ctx_size: 8192", "ctx_size: 32768")
     )
+    # gpu-a runs the one replica and cannot restart it; no node can take the second one either.
+    before = observed([gpu("gpu-a", 4), gpu("gpu-b", 10)], [replica(old, "qwen", "gpu-a", 0)])
+    result = plan(new, before, now_ms=NOW)
+    assert result.actions == ()
+    # one replica not restarted (1 node short of VRAM) + one not placed (2 nodes short of VRAM): one entry
+    assert result.unschedulable == (Unschedulable("qwen", 2, (("insufficient_vram", 3),)),)
     roomy = plan(new, observed([gpu("gpu-a", 6)], before.replicas), now_ms=NOW)
     assert summary(roomy) == [("restart:qwen:gpu-a:0", "config_changed", ())]
     assert action(roomy, "restart:qwen:gpu-a:0").details_as(RestartDetails).strategy == "stop_first"
