@@ -18,8 +18,9 @@ from fleetd.planning.placement import Candidates, NodeCapacity
 
 
 class _SettledNodes(dict[str, bool]):
-    """Whether a running replica on a node stays where it is: the node is known, not offline and not draining.
-    Filled on first use per node: a dict lookup per replica, not a call (50,000 replicas per tick)."""
+    """Whether a running replica on a node stays where it is: the node is known, not offline, not draining and
+    declared (when the manifest declares nodes). Filled on first use per node: a dict lookup per replica, not a
+    call (50,000 replicas per tick)."""
 
     def __init__(self, fleet: FleetView) -> None:
         super().__init__()
@@ -29,7 +30,10 @@ class _SettledNodes(dict[str, bool]):
         fleet = self._fleet
         node = fleet.observed.nodes_by_name.get(name)
         found = self[name] = (
-            node is not None and node.status is not NodeStatus.OFFLINE and not fleet.draining(node)
+            node is not None
+            and node.status is not NodeStatus.OFFLINE
+            and not fleet.draining(node)
+            and not fleet.undeclared(name)
         )
         return found
 
@@ -43,7 +47,7 @@ class FleetView:
         self.observed = observed
         self.declared = declared
         self.nodes_declared = nodes_declared
-        """The manifest declares the complete inventory: an undeclared node takes nothing."""
+        """The manifest declares the complete inventory: an undeclared node takes nothing and keeps nothing."""
         self._capacity: dict[str, NodeCapacity] = {}
         self._candidates: Candidates | None = None
         self.settled = _SettledNodes(self)

@@ -3,7 +3,7 @@
 The first step of the per-instance pipeline (Nomad's reconciler: classify -> stop -> place). Every replica
 that is not already stopping lands in one group:
 - staying: on a usable node; a failed one (its crash loop used up ``max_restarts``) stays too, with a note;
-- moving: on a draining node: loaded elsewhere first, then unloaded;
+- moving: on a draining node or one the manifest no longer declares: loaded elsewhere first, then unloaded;
 - gone: on a lost node (offline, or unknown to the registry; forgotten by this plan) or evicted by a higher
   priority earlier in this plan: already out of the fleet, replaced without waiting.
 Most replicas are running on a settled node: one dict lookup decides them (the fast path that keeps a
@@ -24,7 +24,7 @@ from fleetd.planning.plans import Reason
 class Classified:
     staying: tuple[ObservedReplica, ...]
     moving: tuple[tuple[ObservedReplica, Reason], ...]
-    """Reason ``drained``, in replica order."""
+    """Reason ``drained`` or ``node_undeclared``, in replica order."""
     gone: tuple[tuple[ObservedReplica, Reason], ...]
     """Reason ``node_lost`` or ``evicted``, in replica order."""
     settled: bool
@@ -59,7 +59,7 @@ def classify(p: Pass, spec: InstanceSpec, want: str, observed: tuple[ObservedRep
         return Classified(tuple(staying), (), (), fresh == len(staying))
     return Classified(
         staying=tuple(staying),
-        moving=tuple((r, why) for r, why in others if why is Reason.DRAINED),
+        moving=tuple((r, why) for r, why in others if why in (Reason.DRAINED, Reason.NODE_UNDECLARED)),
         gone=tuple((r, why) for r, why in others if why in (Reason.NODE_LOST, Reason.EVICTED)),
         settled=fresh == len(staying),
     )
@@ -72,6 +72,8 @@ def _where(p: Pass, spec: InstanceSpec, replica: ObservedReplica) -> Reason | No
     node = p.inputs.observed.nodes_by_name.get(replica.node)
     if node is None or node.status is NodeStatus.OFFLINE:
         return Reason.NODE_LOST
+    if p.fleet.undeclared(node.name):
+        return Reason.NODE_UNDECLARED
     if p.fleet.draining(node):
         return Reason.DRAINED
     if replica.state is ReplicaState.FAILED:

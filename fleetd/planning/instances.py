@@ -1,7 +1,7 @@
 """One instance's part of the plan, in the shape of Nomad's reconciler: classify -> stop -> rollout -> place.
 
 Instances are planned one after the other, highest priority first, each through the same steps:
-1. classify its replicas: staying, moving (drained node), gone (lost node, evicted);
+1. classify its replicas: staying, moving (drained or undeclared node), gone (lost node, evicted);
 2. forget the replicas on lost nodes;
 3. stop: the target count, and the unloads above it (scale down, idle), which free room for what follows;
 4. rollout: restart stale or unhealthy replicas in batches (skipped when every staying replica is fresh);

@@ -2,14 +2,15 @@
 
 The first step of a plan, before any instance: loads on a node wait for the approval and labels planned here
 (``Draft.node_prerequisites``). Only declared nodes get actions. When the manifest declares its nodes, an
-undeclared pending node gets a note: it stays pending.
+undeclared node gets a note: a pending one stays pending, and one that holds replicas sees them moved off
+(``node_undeclared``) by the instances' steps.
 """
 
 from __future__ import annotations
 
 from fleetd.core.desired import NodeSpec
 from fleetd.core.names import AUTO_LABEL_KEYS
-from fleetd.core.observed import NodeStatus, ObservedNode
+from fleetd.core.observed import NodeStatus, ObservedNode, ReplicaState
 from fleetd.planning.context import Pass
 from fleetd.planning.plans import approve_action, drain_action, labels_action
 
@@ -43,3 +44,7 @@ def _plan_node(p: Pass, node: ObservedNode, spec: NodeSpec) -> None:
 def _note_undeclared(p: Pass, node: ObservedNode) -> None:
     if node.status is NodeStatus.PENDING:
         p.draft.notes.append(f"node {node.name} registered but is not declared in the manifest; it stays pending")
+    elif node.status is not NodeStatus.OFFLINE and any(
+        r.state is not ReplicaState.STOPPING for r in p.inputs.observed.replicas_by_node.get(node.name, ())
+    ):
+        p.draft.notes.append(f"node {node.name} is not declared in the manifest; its replicas are moved off")

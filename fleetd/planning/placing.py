@@ -27,7 +27,7 @@ from fleetd.planning.plans import (
 )
 
 Rejections = tuple[tuple[str, int], ...]
-_STAYS_WORDS = {Reason.DRAINED: "drained"}
+_STAYS_WORDS = {Reason.DRAINED: "drained", Reason.NODE_UNDECLARED: "undeclared"}
 """How the note for a replica that cannot be moved names its node."""
 
 
@@ -80,8 +80,8 @@ def _load_missing(
     """Loads for the missing replicas; how many could not be placed, and why."""
     moving = classified.moving
     sources = [*moving, *classified.gone]
-    # The node a replica leaves needs no exclusion: it is draining, lost, or short of the room just taken;
-    # checking it as any other node keeps its rejection reason accurate.
+    # The node a replica leaves needs no exclusion: it is draining, undeclared, lost, or short of the room just
+    # taken; checking it as any other node keeps its rejection reason accurate.
     request = need.request()
     for i in range(missing):
         old = sources[i] if i < len(sources) else None

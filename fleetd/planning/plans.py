@@ -62,11 +62,13 @@ class Reason(enum.StrEnum):
     UNHEALTHY = "unhealthy"
     FAILED = "failed"
     NODE_LOST = "node_lost"
+    NODE_UNDECLARED = "node_undeclared"
+    """The replica's node is no longer in the manifest's declared ``nodes``."""
     IDLE = "idle"
     EVICTED = "evicted"
     DRAINED = "drained"
     REPLACE = "replace"
-    """A load that takes over from a replica being moved away (drained, lost, evicted)."""
+    """A load that takes over from a replica being moved away (drained, lost, undeclared, evicted)."""
     PRE_APPROVED = "pre_approved"
     LABELS_CHANGED = "labels_changed"
     DRAIN_REQUESTED = "drain_requested"
@@ -126,7 +128,7 @@ class LoadDetails:
     """The launch config hash the started replica will report."""
     vram_bytes: int
     from_node: str | None = None
-    """The node of the replica this load replaces (drained, lost, evicted)."""
+    """The node of the replica this load replaces (drained, lost, undeclared, evicted)."""
 
     def pairs(self) -> DetailPairs:
         source = (("from_node", self.from_node),) if self.from_node is not None else ()

@@ -503,6 +503,56 @@ instances:
     assert plan(desired, after, now_ms=NOW).is_empty
 
 
+UNDECLARED = """\
+nodes:
+  gpu-a: {approved: true, max_replicas_per_model: 2}
+instances:
+"""
+
+
+def test_a_replica_on_a_node_no_longer_declared_is_moved_off_it() -> None:
+    desired = manifest(UNDECLARED + instance("qwen", min_replicas=2))
+    before = observed(
+        [gpu("gpu-a"), gpu("gpu-old")],
+        [replica(desired, "qwen", "gpu-a", 0), replica(desired, "qwen", "gpu-old", 1)],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    # loaded on the declared node first, then unloaded from the undeclared one (it waits for the load)
+    assert summary(result) == [
+        ("load:qwen:gpu-a:2", "replace", ()),
+        ("unload:qwen:gpu-old:1", "node_undeclared", ("load:qwen:gpu-a:2",)),
+    ]
+    assert action(result, "load:qwen:gpu-a:2").details_as(LoadDetails).from_node == "gpu-old"
+    assert result.notes == ("node gpu-old is not declared in the manifest; its replicas are moved off",)
+    after = apply_plan(result, desired, before, order="lazy")
+    assert [(r.node, r.replica) for r in after.replicas] == [("gpu-a", 0), ("gpu-a", 2)]
+    converged = plan(desired, after, now_ms=NOW)
+    assert (converged.actions, converged.notes) == ((), ())
+
+
+def test_a_replica_on_an_undeclared_node_with_nowhere_to_go_stays_with_a_note() -> None:
+    desired = manifest(UNDECLARED + instance("qwen"))
+    before = observed([gpu("gpu-a", 0), gpu("gpu-old")], [replica(desired, "qwen", "gpu-old", 0)])
+    result = plan(desired, before, now_ms=NOW)
+    assert result.actions == ()
+    assert result.unschedulable == (Unschedulable("qwen", 1, (("insufficient_vram", 1), ("not_ready", 1))),)
+    assert result.notes == (
+        "node gpu-old is not declared in the manifest; its replicas are moved off",
+        "replica qwen/gpu-old/0 stays on its undeclared node: no other node can take it",
+    )
+
+
+def test_an_undeclared_node_without_replicas_gets_no_note_and_a_lost_one_is_forgotten() -> None:
+    desired = manifest(UNDECLARED + instance("qwen"))
+    before = observed(
+        [gpu("gpu-a"), gpu("gpu-idle"), gpu("gpu-gone", status=NodeStatus.OFFLINE)],
+        [replica(desired, "qwen", "gpu-gone", 0)],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    assert summary(result) == [("load:qwen:gpu-a:1", "replace", ()), ("forget:qwen:gpu-gone:0", "node_lost", ())]
+    assert result.notes == ()
+
+
 def test_a_pending_pre_approved_node_is_approved_before_loads_there() -> None:
     desired = manifest(
         """\
