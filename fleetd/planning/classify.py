@@ -2,10 +2,12 @@
 
 The first step of the per-instance pipeline (Nomad's reconciler: classify -> stop -> place). Every replica
 that is not already stopping lands in one group:
-- staying: on a usable node; a failed one (its crash loop used up ``max_restarts``) stays too, with a note;
+- staying: on a usable node; a failed one still inside its cooldown stays too, with a note;
 - moving: on a draining node or one the manifest no longer declares: loaded elsewhere first, then unloaded;
 - gone: on a lost node (offline, or unknown to the registry; forgotten by this plan) or evicted by a higher
-  priority earlier in this plan: already out of the fleet, replaced without waiting.
+  priority earlier in this plan: already out of the fleet, replaced without waiting;
+- failed: crash-looped past ``max_restarts`` at least ``restart_max_delay`` ago: replaced elsewhere, or
+  restarted in place when no other node can take it.
 Most replicas are running on a settled node: one dict lookup decides them (the fast path that keeps a
 converged tick over 50,000 replicas in tens of milliseconds).
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 from fleetd.core.desired import InstanceSpec
 from fleetd.core.observed import NodeStatus, ObservedReplica, ReplicaState
+from fleetd.core.timestamps import ms_from_iso
 from fleetd.planning.context import Pass
 from fleetd.planning.plans import Reason
 
@@ -27,13 +30,14 @@ class Classified:
     """Reason ``drained`` or ``node_undeclared``, in replica order."""
     gone: tuple[tuple[ObservedReplica, Reason], ...]
     """Reason ``node_lost`` or ``evicted``, in replica order."""
+    failed: tuple[ObservedReplica, ...]
     settled: bool
     """Every staying replica is running the desired config: no rollout, and every one of them is live."""
 
 
 def classify(p: Pass, spec: InstanceSpec, want: str, observed: tuple[ObservedReplica, ...]) -> Classified:
-    """Sort the instance's replicas (in (node, index) order) into staying, moving and gone; ``want`` is the
-    desired launch config hash."""
+    """Sort the instance's replicas (in (node, index) order) into staying, moving, gone and failed; ``want``
+    is the desired launch config hash."""
     staying: list[ObservedReplica] = []
     others: list[tuple[ObservedReplica, Reason]] = []
     evicted, settled, running = p.evictions.evicted, p.fleet.settled, ReplicaState.RUNNING
@@ -56,11 +60,12 @@ def classify(p: Pass, spec: InstanceSpec, want: str, observed: tuple[ObservedRep
         else:
             others.append((replica, reason))
     if not others:  # the common case: nothing moves
-        return Classified(tuple(staying), (), (), fresh == len(staying))
+        return Classified(tuple(staying), (), (), (), fresh == len(staying))
     return Classified(
         staying=tuple(staying),
         moving=tuple((r, why) for r, why in others if why in (Reason.DRAINED, Reason.NODE_UNDECLARED)),
         gone=tuple((r, why) for r, why in others if why in (Reason.NODE_LOST, Reason.EVICTED)),
+        failed=tuple(r for r, why in others if why is Reason.FAILED),
         settled=fresh == len(staying),
     )
 
@@ -77,8 +82,18 @@ def _where(p: Pass, spec: InstanceSpec, replica: ObservedReplica) -> Reason | No
     if p.fleet.draining(node):
         return Reason.DRAINED
     if replica.state is ReplicaState.FAILED:
+        if _failed_for_a_cooldown(p, spec, replica):
+            return Reason.FAILED
         p.draft.notes.append(
             f"replica {spec.name}/{replica.node}/{replica.replica} failed after {replica.restarts} restarts"
             + (f": {replica.last_error}" if replica.last_error else "")
         )
     return None
+
+
+def _failed_for_a_cooldown(p: Pass, spec: InstanceSpec, replica: ObservedReplica) -> bool:
+    """Failed for at least the instance's ``restart_max_delay``: long enough that waiting does not help. A
+    replica whose failure time is unknown (a registry from before ``state_since``) counts as failed now."""
+    now = p.inputs.now_ms
+    since = ms_from_iso(replica.state_since) if replica.state_since is not None else now
+    return now - since >= spec.restart.restart_max_delay_ms

@@ -3,8 +3,8 @@
 A pass is four parts: ``PassInputs`` (frozen: the desired and observed states, ``now_ms``, the policy and what
 is derived from them once), the ``FleetView`` of ``capacity`` (nodes as placement sees them), the ``Draft``
 (the actions, notes, unschedulable replicas and hysteresis records found so far) and the ``Evictions`` made so
-far. The steps (node actions,
-then per instance: classify, stop, rollout, place) read the inputs and append to the draft.
+far. The steps (node actions, then per instance: classify, stop, rollout, place, replace failed) read the
+inputs and append to the draft.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 It compares what the manifest declares with what the registry observed and returns the actions that close the
 gap, each with a reason: node approvals, labels and drains first (``node_actions``); then, instance by instance
-in priority order, the steps of ``instances`` (classify -> stop -> rollout -> place); then the
+in priority order, the steps of ``instances`` (classify -> stop -> rollout -> place -> replace failed); then the
 unloads of instances the manifest removed. It reads no clock, file or network; ``now_ms`` is an argument.
 
 Rules that keep plans safe and calm:
@@ -12,9 +12,9 @@ Rules that keep plans safe and calm:
 - a config change rolls through an instance's replicas in batches chained by ``depends_on``, surging a new
   process before stopping the old one when ``rollout.max_surge`` and the node's free VRAM allow; a restart that
   would not fit even with the old process stopped is reported unschedulable;
-- a replica moved off a draining node, or one the manifest no longer declares, is loaded elsewhere first, then
-  the old one is unloaded; one on a lost node is forgotten and one evicted by a higher priority is unloaded at
-  once, each replaced elsewhere (``replace``, ``from_node``);
+- a replica moved off a draining or undeclared node is loaded elsewhere first, then the old one is unloaded; one
+  on a lost node is forgotten and one evicted by a higher priority is unloaded at once, each replaced elsewhere
+  (``replace``, ``from_node``); a failed one is replaced once it has been failed for ``restart_max_delay``;
 - replicas above ``min_replicas`` that are idle (nothing in flight, unused for ``idle_timeout`` or the policy's
   delay) are unloaded; when every running replica is busy, one more is loaded, up to ``max_replicas``;
 - VRAM accounting includes reservations and every placement made earlier in the same plan; a placement that

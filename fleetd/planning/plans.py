@@ -68,7 +68,7 @@ class Reason(enum.StrEnum):
     EVICTED = "evicted"
     DRAINED = "drained"
     REPLACE = "replace"
-    """A load that takes over from a replica being moved away (drained, lost, undeclared, evicted)."""
+    """A load that takes over from a replica being moved away (drained, lost, undeclared, failed, evicted)."""
     PRE_APPROVED = "pre_approved"
     LABELS_CHANGED = "labels_changed"
     DRAIN_REQUESTED = "drain_requested"
@@ -128,7 +128,7 @@ class LoadDetails:
     """The launch config hash the started replica will report."""
     vram_bytes: int
     from_node: str | None = None
-    """The node of the replica this load replaces (drained, lost, undeclared, evicted)."""
+    """The node of the replica this load replaces (drained, lost, undeclared, failed, evicted)."""
 
     def pairs(self) -> DetailPairs:
         source = (("from_node", self.from_node),) if self.from_node is not None else ()

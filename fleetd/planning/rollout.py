@@ -34,7 +34,7 @@ def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
     previous: tuple[str, ...] = ()
     current: list[str] = []
     for replica in stale:
-        fit = fit_restart(p, need, replica, surge=spec.rollout.max_surge > 0)
+        fit = fit_restart(p, need, replica, surge=spec.rollout.max_surge > 0, held=replica.vram_bytes)
         if fit is None:
             p.draft.add_unschedulable(no_room(spec.name))
             continue
@@ -44,11 +44,11 @@ def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
         current.append(plan_restart(p, need, replica, reason, fit, after=previous))
 
 
-def fit_restart(p: Pass, need: Need, replica: ObservedReplica, *, surge: bool) -> RestartFit | None:
-    """Reserve the room a restart of ``replica`` takes on its node; the strategy and what it waits for, or
-    ``None`` when it does not fit even with the old process stopped."""
+def fit_restart(p: Pass, need: Need, replica: ObservedReplica, *, surge: bool, held: int) -> RestartFit | None:
+    """Reserve the room a restart of ``replica`` takes on its node, which frees ``held`` bytes when the old
+    process stops; the strategy and what it waits for, or ``None`` when it does not fit."""
     node = p.fleet.known(replica.node)
-    size, held = need.size, replica.vram_bytes
+    size = need.size
     if surge and node.free >= size:
         waits = node.waits_for(size)
         node.reserve(size)  # the new process runs beside the old until it is healthy

@@ -43,7 +43,7 @@ def target_count(p: Pass, spec: InstanceSpec, staying: tuple[ObservedReplica, ..
 
 def scale_down(p: Pass, need: Need, classified: Classified, target: int) -> Classified:
     """Unload the replicas above ``target``; the classification without them."""
-    extra = len(classified.staying) + len(classified.moving) - target
+    extra = len(classified.staying) + len(classified.moving) + len(classified.failed) - target
     if extra <= 0:
         return classified
     spec = need.spec
@@ -59,6 +59,7 @@ def scale_down(p: Pass, need: Need, classified: Classified, target: int) -> Clas
         classified,
         staying=tuple(r for r in classified.staying if (r.node, r.replica) not in removed),
         moving=tuple((r, why) for r, why in classified.moving if (r.node, r.replica) not in removed),
+        failed=tuple(r for r in classified.failed if (r.node, r.replica) not in removed),
     )
 
 
@@ -75,7 +76,10 @@ def _pick_for_removal(
         used = p.inputs.now_ms if r.in_flight > 0 else (_idle_since_ms(r) or 0)
         return (healthy, used, -r.replica)
 
-    for replica in sorted(classified.staying, key=preference)[: count - len(chosen)]:
+    kept = classified.staying
+    if classified.failed:  # in replica order, as if they had stayed
+        kept = tuple(sorted((*kept, *classified.failed), key=lambda r: (r.node, r.replica)))
+    for replica in sorted(kept, key=preference)[: count - len(chosen)]:
         chosen.append((replica, _scale_down_reason(p, spec, replica)))
     return chosen
 

@@ -445,6 +445,87 @@ def test_an_unhealthy_replica_is_restarted() -> None:
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
 
 
+# failed replicas (max_restarts used up) ----------------------------------------------------------------------
+
+
+def failed(desired: DesiredState, node: str, index: int, *, minutes_ago: int | None) -> ObservedReplica:
+    """A replica whose crash loop used up ``max_restarts`` ``minutes_ago`` (``None``: unknown since when)."""
+    since = iso_from_ms(NOW - minutes_ago * MINUTE) if minutes_ago is not None else None
+    return replica(
+        desired, "qwen", node, index, state=ReplicaState.FAILED, restarts=5, last_error="exit 1", state_since=since
+    )
+
+
+def test_a_failed_replica_waits_one_restart_max_delay_with_a_note() -> None:
+    desired = manifest("instances:\n" + instance("qwen"))  # restart_max_delay: 5m (the default)
+    for minutes_ago in (4, None):  # unknown since when: failed now, so it waits a whole delay
+        result = plan(
+            desired,
+            observed([gpu("gpu-a"), gpu("gpu-b")], [failed(desired, "gpu-a", 0, minutes_ago=minutes_ago)]),
+            now_ms=NOW,
+        )
+        assert result.actions == ()
+        assert result.notes == ("replica qwen/gpu-a/0 failed after 5 restarts: exit 1",)
+
+
+def test_a_failed_replica_is_replaced_on_another_node_after_restart_max_delay() -> None:
+    desired = manifest("instances:\n" + instance("qwen", restart_max_delay="2m"))
+    before = observed([gpu("gpu-a"), gpu("gpu-b")], [failed(desired, "gpu-a", 0, minutes_ago=2)])
+    result = plan(desired, before, now_ms=NOW)
+    # loaded elsewhere first (even though gpu-a has room: the crash may be the node's), then unloaded
+    assert summary(result) == [
+        ("load:qwen:gpu-b:1", "replace", ()),
+        ("unload:qwen:gpu-a:0", "failed", ("load:qwen:gpu-b:1",)),
+    ]
+    assert action(result, "load:qwen:gpu-b:1").details_as(LoadDetails).from_node == "gpu-a"
+    assert result.notes == ()
+    after = apply_plan(result, desired, before, order="lazy")
+    assert [(r.node, r.replica, r.state) for r in after.replicas] == [("gpu-b", 1, ReplicaState.RUNNING)]
+    assert plan(desired, after, now_ms=NOW).is_empty
+
+
+def test_a_failed_replica_no_other_node_can_take_is_restarted_in_place() -> None:
+    desired = manifest("instances:\n" + instance("qwen"))
+    before = observed([gpu("gpu-a"), gpu("gpu-b", 2)], [failed(desired, "gpu-a", 0, minutes_ago=10)])
+    result = plan(desired, before, now_ms=NOW)
+    assert summary(result) == [("restart:qwen:gpu-a:0", "failed", ())]
+    spec = desired.instance("qwen")
+    assert spec is not None
+    same = config_hash(spec, desired.backends[0])
+    assert action(result, "restart:qwen:gpu-a:0").details == RestartDetails(
+        same, same, RestartStrategy.STOP_FIRST, 6 * GIB
+    )
+    assert result.unschedulable == ()
+    after = apply_plan(result, desired, before)
+    assert plan(desired, after, now_ms=NOW).is_empty
+
+
+def test_a_failed_replica_with_no_room_anywhere_is_unschedulable() -> None:
+    desired = manifest("instances:\n" + instance("qwen"))
+    # A failed process holds nothing: the restart needs the whole 6 GiB free, and gpu-a has 5.
+    before = observed([gpu("gpu-a", 5), gpu("gpu-b", 2)], [failed(desired, "gpu-a", 0, minutes_ago=10)])
+    result = plan(desired, before, now_ms=NOW)
+    assert result.actions == ()
+    assert result.unschedulable == (Unschedulable("qwen", 1, (("insufficient_vram", 1),)),)
+
+
+def test_a_failed_replica_is_not_replaced_by_evicting_others() -> None:
+    desired = manifest(PRIORITIES)
+    broken = dataclasses.replace(
+        replica(desired, "big", "gpu-a", 0, vram_gib=20),
+        state=ReplicaState.FAILED,
+        state_since=iso_from_ms(NOW - 10 * MINUTE),
+    )
+    idle_small = [
+        replica(desired, "small", "gpu-b", 0, vram_gib=8),
+        replica(desired, "small", "gpu-b", 1, vram_gib=8),
+    ]
+    before = observed([gpu("gpu-a", 20, total_gib=24), gpu("gpu-b", 4, total_gib=24)], [broken, *idle_small])
+    result = plan(desired, before, now_ms=NOW)
+    # gpu-b could take it by evicting the idle small replicas; restarting it where it is disturbs nobody
+    assert summary(result) == [("restart:big:gpu-a:0", "failed", ())]
+
+
 # nodes ------------------------------------------------------------------------------------------------------
 
 
