@@ -2,7 +2,8 @@
 
 The first step of the per-instance pipeline (Nomad's reconciler: classify -> stop -> place). Every replica
 that is not already stopping lands in one group:
-- staying: on a usable node; a failed one still inside its cooldown stays too, with a note;
+- staying: on a usable node; a failed one that has not been failed for ``restart_max_delay`` yet stays too,
+  with a note;
 - moving: on a draining node or one the manifest no longer declares: loaded elsewhere first, then unloaded;
 - gone: on a lost node (offline, or unknown to the registry; forgotten by this plan) or evicted by a higher
   priority earlier in this plan: already out of the fleet, replaced without waiting;

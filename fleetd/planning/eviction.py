@@ -15,8 +15,9 @@ priority, so a request visits only the nodes that hold something it may evict.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
 
 from fleetd.core.observed import ObservedReplica, ObservedState, ReplicaState
 from fleetd.planning.capacity import FleetView
@@ -27,19 +28,23 @@ ReplicaKey = tuple[str, str, int]
 """(instance, node, replica)."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _NodeCandidates:
     """One node's evictable replicas in eviction order, with their priorities and running VRAM totals."""
 
-    replicas: list[ObservedReplica]
-    priorities: list[int]
-    totals: list[int] = field(default_factory=list)
+    replicas: tuple[ObservedReplica, ...]
+    priorities: tuple[int, ...]
+    totals: tuple[int, ...]
     """``totals[k]``: the VRAM of the first ``k`` replicas."""
 
-    def __post_init__(self) -> None:
-        self.totals = [0]
-        for replica in self.replicas:
-            self.totals.append(self.totals[-1] + replica.vram_bytes)
+    @classmethod
+    def of(cls, replicas: Sequence[ObservedReplica], priorities: Mapping[str, int]) -> _NodeCandidates:
+        """``replicas`` in eviction order."""
+        return cls(
+            tuple(replicas),
+            tuple(priorities[r.instance] for r in replicas),
+            tuple(accumulate((r.vram_bytes for r in replicas), initial=0)),
+        )
 
     def freeable_below(self, priority: int) -> int:
         return self.totals[bisect.bisect_left(self.priorities, priority)]
@@ -49,11 +54,10 @@ class _NodeCandidates:
         not enough there)."""
         below = bisect.bisect_left(self.priorities, priority)
         count = bisect.bisect_left(self.totals, needed, hi=below + 1)
-        return self.replicas[:count] if count <= below and needed > 0 else []
+        return list(self.replicas[:count]) if count <= below and needed > 0 else []
 
-    def without(self, victim: ObservedReplica) -> _NodeCandidates:
-        kept = [i for i, r in enumerate(self.replicas) if r is not victim]
-        return _NodeCandidates([self.replicas[i] for i in kept], [self.priorities[i] for i in kept])
+    def without(self, victim: ObservedReplica, priorities: Mapping[str, int]) -> _NodeCandidates:
+        return _NodeCandidates.of([r for r in self.replicas if r is not victim], priorities)
 
 
 class Evictions:
@@ -94,7 +98,7 @@ class Evictions:
         by_node = self._index()
         found = by_node.get(victim.node)
         if found is not None:
-            by_node[victim.node] = found.without(victim)
+            by_node[victim.node] = found.without(victim, self._priorities)
 
     def _nodes_below(self, priority: int) -> Iterator[tuple[str, _NodeCandidates]]:
         by_node = self._index()
@@ -120,6 +124,6 @@ class Evictions:
                     key=lambda r: (priorities[r.instance], -r.vram_bytes, r.instance, r.replica),
                 )
                 if found:
-                    self._by_node[name] = _NodeCandidates(found, [priorities[r.instance] for r in found])
+                    self._by_node[name] = _NodeCandidates.of(found, priorities)
             self._order = sorted((c.priorities[0], name) for name, c in self._by_node.items())
         return self._by_node

@@ -7,7 +7,7 @@ Instances are planned one after the other, highest priority first, each through 
 4. rollout: restart stale or unhealthy replicas in batches (skipped when every staying replica is fresh);
 5. place the missing replicas, moved and gone ones first, with placement hysteresis;
 6. replace the failed replicas (elsewhere, else in place).
-A converged instance costs the classification's fast path and a target count: no placement, no allocation.
+A converged instance costs the classification's fast path and a target count, and stops there.
 """
 
 from __future__ import annotations

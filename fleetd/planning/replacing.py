@@ -21,6 +21,7 @@ from fleetd.planning.rollout import fit_restart, no_room, plan_restart
 
 
 def forget_lost(p: Pass, need: Need, classified: Classified) -> None:
+    """A ``forget`` for each replica on a lost node; its slot there is given back (its memory went with it)."""
     for replica, why in classified.gone:
         if why is not Reason.NODE_LOST:
             continue
@@ -32,6 +33,8 @@ def forget_lost(p: Pass, need: Need, classified: Classified) -> None:
 
 
 def replace_failed(p: Pass, need: Need, failed: tuple[ObservedReplica, ...], indexes: ReplicaIndexes) -> None:
+    """For each failed replica: a load elsewhere and its unload after it, else a restart in place, else an
+    unschedulable replica."""
     for replica in failed:
         index = indexes.next()
         request = need.request(exclude=frozenset({replica.node}))

@@ -873,6 +873,35 @@ def test_equal_or_higher_priority_replicas_are_not_evicted() -> None:
     assert result.actions == ()
 
 
+def test_eviction_takes_the_fewest_bytes_across_nodes_and_only_lower_priorities() -> None:
+    desired = manifest(
+        "instances:\n"
+        + instance("big", vram="20GiB", scheduling="priority: 100")
+        + instance("peer", vram="6GiB", scheduling="priority: 100, nodes: [gpu-d]")
+        + instance("mid", vram="12GiB", scheduling="priority: 50, nodes: [gpu-a]")
+        + instance("low", vram="8GiB", min_replicas=2, scheduling="priority: 0, nodes: [gpu-b, gpu-c]")
+    )
+    nodes = [
+        gpu("gpu-a", 10, total_gib=24),  # evicting mid frees 12 GiB: enough
+        gpu("gpu-b", 4, total_gib=24),  # evicting low frees 8 GiB: not enough
+        gpu("gpu-c", 12, total_gib=24),  # evicting low frees 8 GiB: enough, and the fewest bytes
+        gpu("gpu-d", 14, total_gib=24),  # evicting peer would free only 6 GiB, but peer is not below big
+    ]
+    before = observed(
+        nodes,
+        [
+            replica(desired, "mid", "gpu-a", 0, vram_gib=12),
+            replica(desired, "low", "gpu-b", 0, vram_gib=8),
+            replica(desired, "low", "gpu-c", 1, vram_gib=8),
+            replica(desired, "peer", "gpu-d", 0, vram_gib=6),
+        ],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    assert [a.id for a in result.actions if a.reason.value == "evicted"] == ["unload:low:gpu-c:1"]
+    assert action(result, "load:big:gpu-c:0").depends_on == ("unload:low:gpu-c:1",)
+    apply_plan(result, desired, before)  # and no over-commit when applied
+
+
 def test_memory_freed_by_a_scale_down_is_used_only_after_the_unload() -> None:
     desired = manifest(
         "instances:\n"
