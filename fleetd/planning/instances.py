@@ -26,7 +26,8 @@ def plan_instance(
     p: Pass, spec: InstanceSpec, backend: BackendSpec, observed: tuple[ObservedReplica, ...]
 ) -> None:
     """Append to the draft what ``spec`` needs, given its observed replicas (sorted by node and index)."""
-    classified = classify(p, spec, p.inputs.hashes[spec.name], observed)
+    want = p.inputs.hashes[spec.name]
+    classified = classify(p, spec, want, observed)
     staying = classified.staying
     target = target_count(p, spec, staying, all_running=classified.settled)
     if (
@@ -36,7 +37,7 @@ def plan_instance(
     ):
         return  # converged: nothing to stop, restart or place
     size = spec.vram_bytes if spec.vram_bytes is not None else p.inputs.estimates.get(spec.name, 0)
-    need = Need(spec, backend, p.inputs.hashes[spec.name], size)
+    need = Need(spec, backend, want, size)
     if classified.gone:
         forget_lost(p, need, classified)
     if len(staying) + len(classified.moving) + len(classified.failed) > target:

@@ -31,8 +31,13 @@ def target_count(p: Pass, spec: InstanceSpec, staying: tuple[ObservedReplica, ..
     s = spec.scheduling
     live = staying if all_running else [r for r in staying if r.state in LIVE]
     threshold = p.inputs.policy.scale_up_in_flight
-    # every live replica running, and every one of them busy: one more (an empty list is not busy)
-    if live and all(r.state is ReplicaState.RUNNING and r.in_flight >= threshold for r in live):
+    # every live replica running, and every one of them busy: one more (an empty list is not busy; the first
+    # replica decides most instances without a generator)
+    if (
+        live
+        and live[0].in_flight >= threshold
+        and all(r.state is ReplicaState.RUNNING and r.in_flight >= threshold for r in live)
+    ):
         return min(s.max_replicas, max(len(live) + 1, s.min_replicas))
     floor = s.min_replicas if spec.idle_timeout_ms else max(s.min_replicas, min(1, len(live)))
     if len(live) <= floor:  # nothing above the floor to trim (and no timestamps to read)
