@@ -3,10 +3,11 @@
 Each step can run again after a crash or a retry and end in the same place: loads of a replica the agent
 already runs return its status, unloads of one that is gone succeed, label and approval writes are absolute,
 and a forget (a replica on a lost node) only removes the row, asking no agent. A step reads its action's typed
-details (``LoadDetails``, ``RestartDetails``, ...), never its reason, which is for people. Steps that start or stop a process write their durable intent first (``pending_ops``, with a payload from
-which a restarted controller can finish or undo the operation), hold VRAM for a start through a reservation
-tied to that intent, and always end the intent and the reservation, whether the agent succeeded or not.
-Failures raise; the executor turns them into outcomes.
+details (``LoadDetails``, ``RestartDetails``, ...), never its reason, which is for people. Steps that start or
+stop a process write their durable intent first (``pending_ops``, with a payload from which a restarted
+controller can finish or undo the operation), hold VRAM for a start through a reservation tied to that intent,
+and always end the intent and the reservation, whether the agent succeeded or not. Failures raise; the
+executor turns them into outcomes.
 """
 
 from __future__ import annotations

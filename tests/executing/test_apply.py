@@ -341,6 +341,23 @@ def test_a_replica_on_a_lost_node_without_an_agent_is_forgotten_and_replaced(
     assert fleet.ops()["gpu-a/qwen/0/forget"].state is OpState.DONE
 
 
+def test_a_forget_asks_no_agent_even_when_one_is_connected(engine: Engine, clock: ManualClock) -> None:
+    fleet = Fleet(engine, clock)
+    fleet.node("gpu-a")  # its agent stays connected, but the registry declares the node lost
+    desired = manifest("instances:\n" + instance("qwen"))
+    fleet.registry.upsert_replica(
+        replicas.ReplicaRecord("qwen", "gpu-a", 0, ReplicaState.RUNNING, config_hash=hash_of(desired, "qwen"))
+    )
+    clock.advance(120_000)
+    assert fleet.registry.mark_missed_heartbeats(unhealthy_after_ms=30_000, offline_after_ms=90_000) == (0, 1)
+    result = fleet.plan(desired)
+    assert [a.id for a in result.actions] == ["forget:qwen:gpu-a:0"]
+    report = fleet.apply(result, desired)
+    assert [(o.action_id, o.status) for o in report.outcomes] == [("forget:qwen:gpu-a:0", "ok")]
+    assert fleet.log.of() == []  # no agent was called
+    assert fleet.registry.snapshot().replicas == ()
+
+
 def test_a_backend_is_installed_before_the_load_that_needs_it(engine: Engine, clock: ManualClock) -> None:
     fleet = Fleet(engine, clock)
     fleet.node("gpu-a", backends=())

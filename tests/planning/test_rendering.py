@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.planning.plans import Plan, Reason, Unschedulable, labels_action, unload_action
+from fleetd.planning.plans import Plan, Reason, Unschedulable, forget_action, labels_action, unload_action
 from fleetd.planning.rendering import (
     COLLAPSE_AFTER,
     render_json,
@@ -187,3 +187,19 @@ def test_json_has_the_design_shape() -> None:
         "missing": 1,
         "reasons": {"insufficient_vram": 3, "selector": 1},
     }
+
+
+def test_a_forget_has_its_line_and_its_footer_count() -> None:
+    plan = Plan(
+        actions=(
+            forget_action("qwen", "gpu-a", 0, vram_bytes=6 * GIB),
+            unload_action("old", "gpu-b", 1, reason=Reason.REMOVED, vram_bytes=GIB),
+        )
+    )
+    text = render_text(plan, PATHS)
+    assert "  - forget qwen on gpu-a (replica 0): node_lost\n" in text
+    assert text.endswith("Plan: 0 to load, 0 to restart, 1 to unload, 1 to forget.\n")
+    markdown = render_markdown(plan, PATHS)
+    assert "- forget qwen on gpu-a (replica 0): node_lost\n" in markdown
+    assert "**Plan: 0 to load, 0 to restart, 1 to unload, 1 to forget.**" in markdown
+    assert "to forget" not in summary_line(mixed_plan())  # only when there is something to forget
