@@ -37,7 +37,7 @@ from fleetd.core.desired import (
 from fleetd.core.observed import NodeStatus, ObservedNode, ObservedReplica, ObservedState, ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.planning.planner import PlanPolicy, plan
-from fleetd.planning.plans import ActionKind, Plan
+from fleetd.planning.plans import ActionKind, LoadDetails, Plan
 
 GIB = 1024**3
 NOW_MS = 1_795_420_800_000
@@ -86,8 +86,8 @@ def applied(observed: ObservedState, result: Plan) -> ObservedState:
     for action in result.actions:
         if action.kind is not ActionKind.LOAD:
             continue
-        detail = action.detail("vram_bytes")
-        size = detail if isinstance(detail, int) else 0
+        details = action.details_as(LoadDetails)
+        size = details.vram_bytes
         used[action.node] = used.get(action.node, 0) + size
         replicas.append(
             ObservedReplica(
@@ -96,7 +96,7 @@ def applied(observed: ObservedState, result: Plan) -> ObservedState:
                 replica=action.replica or 0,
                 state=ReplicaState.RUNNING,
                 address="127.0.0.1:8080",
-                config_hash=str(action.detail("config_hash")),
+                config_hash=details.config_hash,
                 vram_bytes=size,
             )
         )

@@ -76,6 +76,9 @@ class ObservedReplica:
     """ISO 8601 UTC timestamp of the last request, or ``None`` when it never served one."""
     restarts: int = 0
     last_error: str | None = None
+    state_since: str | None = None
+    """ISO 8601 UTC timestamp of the last change of ``state``, or ``None`` when unknown (a registry from before
+    it was kept). A live reading like ``last_used``: not part of the fingerprint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +106,10 @@ class ObservedState:
 
         Included: each node's identity, status, approval, labels, backends, slots, GPU vendor and total VRAM;
         each replica's identity, state, address and config hash; the scheduling records. Left out: free VRAM
-        and RAM, reservations, in-flight counts, last use, restart counts and errors. Those change with every
-        heartbeat, so a saved plan would always be stale; instead the executor re-checks capacity atomically
-        (VRAM reservations) when it applies, so a plan made on older readings can fail a step but never
-        over-commit a node.
+        and RAM, reservations, in-flight counts, last use, restart counts, errors and when a replica's state last
+        changed. Those change with every heartbeat, so a saved plan would always be stale; instead the executor
+        re-checks capacity atomically (VRAM reservations) when it applies, so a plan made on older readings can
+        fail a step but never over-commit a node.
 
         Independent of the order of nodes, replicas and records. Computed once per value (a snapshot is
         immutable): at 50,000 replicas it costs about 100 ms.

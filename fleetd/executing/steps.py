@@ -1,11 +1,13 @@
 """One small idempotent step per action kind: what ``apply`` does to the registry and to the node's agent.
 
 Each step can run again after a crash or a retry and end in the same place: loads of a replica the agent
-already runs return its status, unloads of one that is gone succeed, label and approval writes are absolute.
-Steps that start or stop a process write their durable intent first (``pending_ops``, with a payload from
-which a restarted controller can finish or undo the operation), hold VRAM for a start through a reservation
-tied to that intent, and always end the intent and the reservation, whether the agent succeeded or not.
-Failures raise; the executor turns them into outcomes.
+already runs return its status, unloads of one that is gone succeed, label and approval writes are absolute,
+and a forget (a replica on a lost node) only removes the row, asking no agent. A step reads its action's typed
+details (``LoadDetails``, ``RestartDetails``, ...), never its reason, which is for people. Steps that start or
+stop a process write their durable intent first (``pending_ops``, with a payload from which a restarted
+controller can finish or undo the operation), hold VRAM for a start through a reservation tied to that intent,
+and always end the intent and the reservation, whether the agent succeeded or not. Failures raise; the
+executor turns them into outcomes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import Any
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.executing.writes import Writes
-from fleetd.planning.plans import Action, ActionKind, Reason
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    LabelDetails,
+    LoadDetails,
+    RestartDetails,
+    RestartStrategy,
+)
 from fleetd.registry.leases import FencedOut
 from fleetd.registry.replicas import ReplicaRecord
 from fleetd.transport.agent_api import AgentClient, AgentError, LaunchRequest, ProgressSink, ReplicaStatus
@@ -69,10 +78,8 @@ def approve_node(ctx: StepContext, action: Action) -> StepResult:
 
 
 def set_labels(ctx: StepContext, action: Action) -> StepResult:
-    pairs = action.detail("labels")
-    labels = dict(pairs) if isinstance(pairs, tuple) else {}
-    slots = action.detail("max_replicas_per_model")
-    slots = slots if isinstance(slots, int) and not isinstance(slots, bool) else None
+    details = action.details_as(LabelDetails)
+    labels, slots = dict(details.labels), details.max_replicas_per_model
     ctx.writes.set_labels(action.node, labels, slots)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(no labels)"
     return StepResult(f"labels {shown}" + (f"; {slots} replicas per model" if slots is not None else ""))
@@ -113,7 +120,7 @@ def restart(ctx: StepContext, action: Action) -> StepResult:
     ``stop_first`` frees the old process's memory first, so it needs only the growth."""
     request = launch_request(ctx.desired, action)
     size = request.vram_bytes
-    if action.detail("strategy") == "stop_first":
+    if action.details_as(RestartDetails).strategy is RestartStrategy.STOP_FIRST:
         old = ctx.previous_vram.get(replica_key(action), 0)
         size = max(0, request.vram_bytes - old)
     return _launch(ctx, action, request, size, lambda agent: agent.restart(request))
@@ -121,8 +128,6 @@ def restart(ctx: StepContext, action: Action) -> StepResult:
 
 def unload(ctx: StepContext, action: Action) -> StepResult:
     instance, node, index = replica_key(action)
-    if action.reason is Reason.NODE_LOST and action.node not in ctx.agents:
-        return _forget_lost(ctx, action)
     agent = _agent(ctx, action)
     op_id = ctx.writes.record_intent(node, f"{instance}/{index}", "unload", _payload(ctx, action))
     try:
@@ -139,12 +144,13 @@ def unload(ctx: StepContext, action: Action) -> StepResult:
     return StepResult("stopped" if existed else "was not running on the node; nothing to stop")
 
 
-def _forget_lost(ctx: StepContext, action: Action) -> StepResult:
-    """A replica on a node that went offline, with no agent to ask: its row is removed (its replacement is
-    planned beside this unload), rather than failing every apply until the node returns. Nothing is lost: a
-    node that comes back reports what it still runs, and the next plan stops what is no longer wanted."""
+def forget(ctx: StepContext, action: Action) -> StepResult:
+    """A replica on a lost node (offline, or gone from the registry): its row is removed under its durable
+    intent, and no agent is asked (there is none to answer). Its replacement is planned beside this action,
+    rather than failing every apply until the node returns. Nothing is lost: a node that comes back reports
+    what it still runs, and the next plan stops what is no longer wanted."""
     instance, node, index = replica_key(action)
-    op_id = ctx.writes.record_intent(node, f"{instance}/{index}", "unload", _payload(ctx, action))
+    op_id = ctx.writes.record_intent(node, f"{instance}/{index}", action.kind.value, _payload(ctx, action))
     ctx.writes.remove_replica(instance, node, index)
     ctx.writes.complete_op(op_id)
     return StepResult(f"node {node} is lost: forgot the replica; if the node returns, its agent reports it")
@@ -246,15 +252,21 @@ def launch_request(desired: DesiredState, action: Action) -> LaunchRequest:
     assert spec is not None
     backend = desired.backend(spec.backend)
     assert backend is not None
-    planned_hash = action.detail("config_hash")
-    size = action.detail("vram_bytes")
+    details = launch_details(action)
     return LaunchRequest(
         spec=spec,
         backend=backend,
         replica=action.replica,
-        config_hash=planned_hash if isinstance(planned_hash, str) else "",
-        vram_bytes=size if isinstance(size, int) else 0,
+        config_hash=details.config_hash,
+        vram_bytes=details.vram_bytes,
     )
+
+
+def launch_details(action: Action) -> LoadDetails | RestartDetails:
+    """The details of a load or a restart: the launch config hash and the memory the process takes."""
+    if action.kind is ActionKind.RESTART:
+        return action.details_as(RestartDetails)
+    return action.details_as(LoadDetails)
 
 
 def replica_key(action: Action) -> ReplicaKey:
@@ -290,11 +302,14 @@ def _payload(
         "replica": action.replica,
     }
     if action.kind in (ActionKind.LOAD, ActionKind.RESTART):
+        details = launch_details(action)
+        restart = action.kind is ActionKind.RESTART
+        strategy = action.details_as(RestartDetails).strategy.value if restart else None
         payload |= {
             "backend": action.backend,
-            "config_hash": action.detail("config_hash"),
-            "vram_bytes": action.detail("vram_bytes"),
-            "strategy": action.detail("strategy"),
+            "config_hash": details.config_hash,
+            "vram_bytes": details.vram_bytes,
+            "strategy": strategy,
             "reservation": reservation,
             "reserved_bytes": reserve_bytes,
             "undo": "unload" if action.kind is ActionKind.LOAD else None,
@@ -310,4 +325,5 @@ STEPS: Mapping[ActionKind, Step] = {
     ActionKind.LOAD: load,
     ActionKind.RESTART: restart,
     ActionKind.UNLOAD: unload,
+    ActionKind.FORGET: forget,
 }

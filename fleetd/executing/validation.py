@@ -12,12 +12,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 from fleetd.core.desired import DesiredState
+from fleetd.executing.steps import launch_details
 from fleetd.planning.launch_config import config_hash
-from fleetd.planning.plans import Action, ActionKind, Plan
+from fleetd.planning.plans import REPLICA_KINDS, Action, ActionKind, LabelDetails, Plan
 
-STRATEGIES = ("surge", "stop_first")
 _LAUNCHES = (ActionKind.LOAD, ActionKind.RESTART)
-_REPLICA_KINDS = (ActionKind.LOAD, ActionKind.RESTART, ActionKind.UNLOAD)
 
 
 class PlanMismatch(ValueError):
@@ -80,7 +79,7 @@ def _cycle_members(plan: Plan) -> list[str]:
 
 
 def _action_problems(action: Action, desired: DesiredState) -> Iterator[str]:
-    if action.kind in _REPLICA_KINDS and (action.instance is None or action.replica is None):
+    if action.kind in REPLICA_KINDS and (action.instance is None or action.replica is None):
         yield f"{action.id}: names no instance or replica"
         return
     if action.kind in _LAUNCHES:
@@ -89,10 +88,8 @@ def _action_problems(action: Action, desired: DesiredState) -> Iterator[str]:
         if action.backend is None or desired.backend(action.backend) is None:
             yield f"{action.id}: backend {action.backend} is not in the desired state"
     elif action.kind is ActionKind.SET_LABELS:
-        if not isinstance(action.detail("labels"), tuple):
-            yield f"{action.id}: has no labels detail"
-        slots = action.detail("max_replicas_per_model")
-        if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
+        slots = action.details_as(LabelDetails).max_replicas_per_model
+        if slots is not None and slots < 1:
             yield f"{action.id}: max_replicas_per_model must be a positive integer, got {slots!r}"
 
 
@@ -110,11 +107,11 @@ def _launch_problems(action: Action, desired: DesiredState) -> Iterator[str]:
     if backend is None:
         yield f"{action.id}: backend {backend_name} is not in the desired state"
         return
-    planned = action.detail("config_hash")
-    if planned != config_hash(spec, backend):
-        yield f"{action.id}: the plan's launch config ({planned}) is not the desired one ({config_hash(spec, backend)})"
-    size = action.detail("vram_bytes")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        yield f"{action.id}: vram_bytes must be a non-negative integer, got {size!r}"
-    if action.kind is ActionKind.RESTART and action.detail("strategy") not in (*STRATEGIES, None):
-        yield f"{action.id}: unknown restart strategy {action.detail('strategy')!r} (expected surge or stop_first)"
+    details = launch_details(action)
+    if details.config_hash != config_hash(spec, backend):
+        yield (
+            f"{action.id}: the plan's launch config ({details.config_hash}) is not the desired one "
+            f"({config_hash(spec, backend)})"
+        )
+    if details.vram_bytes < 0:
+        yield f"{action.id}: vram_bytes must be a non-negative integer, got {details.vram_bytes!r}"

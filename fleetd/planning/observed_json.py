@@ -7,17 +7,20 @@ reads (DESIGN.md section 5).
             "total_ram": 0, "available_ram": 0, "max_replicas_per_model": 1, "backends": ["llama-cpp"]}],
  "replicas": [{"instance": "qwen-7b", "node": "gpu-a", "replica": 0, "state": "running", "address": "127.0.0.1:8081",
                "config_hash": "sha256:…", "vram_bytes": 6442450944, "in_flight": 0,
-               "last_used": "2026-11-23T08:00:00Z", "restarts": 0, "last_error": null}],
+               "last_used": "2026-11-23T08:00:00Z", "restarts": 0, "last_error": null,
+               "state_since": "2026-11-23T07:55:00Z"}],
  "scheduling": [{"instance": "big", "unsatisfiable_ticks": 3, "cooldown_until": "2026-11-23T08:05:00Z",
                  "capacity": "sha256:…"}]}
 ```
 
-Writing emits every field. Reading is meant for snapshots written by hand for CI as well, so only identities
-are required (a node's ``name`` and ``status``; a replica's ``instance``, ``node``, ``replica`` and ``state``;
-a record's ``instance``); every other field defaults to the ``ObservedNode`` / ``ObservedReplica`` default,
-and ``scheduling`` may be left out. ``approved`` defaults by status: a node only leaves ``registering`` and
-``pending`` by being approved, so it defaults to ``false`` for those two and ``true`` for every other status
-(``healthy``, ``unhealthy``, ``draining``, ``offline``).
+Writing emits every field; a replica's ``state_since`` (when its state last changed) only when it is known,
+since a registry from before it was kept does not know it. Reading is meant for snapshots written by hand for
+CI as well, so only identities are required (a node's ``name`` and ``status``; a replica's ``instance``,
+``node``, ``replica`` and ``state``; a record's ``instance``); every other field (``state_since`` included)
+defaults to the ``ObservedNode`` / ``ObservedReplica`` default, and ``scheduling`` may be left out.
+``approved`` defaults by status: a node only leaves ``registering`` and ``pending`` by being approved, so it
+defaults to ``false`` for those two and ``true`` for every other status (``healthy``, ``unhealthy``,
+``draining``, ``offline``).
 
 Reading is strict otherwise: an unknown field, a wrong type, a negative size, a timestamp without a time zone,
 two nodes of one name, two replicas of one identity or a replica on a node the snapshot does not list (the
@@ -87,22 +90,7 @@ def observed_document(observed: ObservedState) -> dict[str, Any]:
             }
             for n in state.nodes
         ],
-        "replicas": [
-            {
-                "instance": r.instance,
-                "node": r.node,
-                "replica": r.replica,
-                "state": r.state.value,
-                "address": r.address,
-                "config_hash": r.config_hash,
-                "vram_bytes": r.vram_bytes,
-                "in_flight": r.in_flight,
-                "last_used": r.last_used,
-                "restarts": r.restarts,
-                "last_error": r.last_error,
-            }
-            for r in state.replicas
-        ],
+        "replicas": [_replica_document(r) for r in state.replicas],
         "scheduling": [
             {
                 "instance": s.instance,
@@ -113,6 +101,25 @@ def observed_document(observed: ObservedState) -> dict[str, Any]:
             for s in state.scheduling
         ],
     }
+
+
+def _replica_document(r: ObservedReplica) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "instance": r.instance,
+        "node": r.node,
+        "replica": r.replica,
+        "state": r.state.value,
+        "address": r.address,
+        "config_hash": r.config_hash,
+        "vram_bytes": r.vram_bytes,
+        "in_flight": r.in_flight,
+        "last_used": r.last_used,
+        "restarts": r.restarts,
+        "last_error": r.last_error,
+    }
+    if r.state_since is not None:
+        document["state_since"] = r.state_since
+    return document
 
 
 def dumps_observed(observed: ObservedState) -> str:
@@ -187,6 +194,7 @@ def _replica(data: Any, path: str) -> ObservedReplica:
         last_used=_timestamp(obj, "last_used"),
         restarts=obj.integer("restarts", 0, minimum=0),
         last_error=obj.optional_string("last_error"),
+        state_since=_timestamp(obj, "state_since"),
     )
     obj.finish()
     return replica

@@ -3,12 +3,12 @@
 Feasibility checkers run cheapest first and each rejection is counted by reason, so the plan can say
 "3 nodes: insufficient VRAM; 1 node: selector". Scorers (fit for binpack or spread, anti-affinity between
 replicas of one instance, backend already installed) are normalised to [0, 1] and summed; the highest wins,
-ties broken by node name.
+ties broken by node name. The scorers are a table (``SCORERS``) of weighted functions, like the checks.
 
 At fleet scale, scoring every node for every replica is quadratic. Like Nomad's limit iterator, the search
-stops after ``SAMPLE`` feasible nodes, starting at a deterministic offset derived from the instance and
-replica, so load spreads and the same inputs always give the same choice. When nothing fits, a full scan
-counts every rejection. The capacity view is mutable working state of one planning pass; the planner as a
+stops after ``SAMPLE`` feasible nodes, starting at a deterministic offset derived from the instance, so load
+spreads and the same inputs always give the same choice. When nothing fits, a full scan counts every
+rejection (``rejections``). The capacity view is mutable working state of one planning pass; the planner as a
 whole stays a pure function.
 """
 
@@ -95,15 +95,8 @@ class Request:
     gpu_vendors: frozenset[str] | None
     """Vendors the backend runs on; ``None`` = any."""
     backend: str
-    replica: int
     exclude: frozenset[str] = frozenset()
     """Nodes the replica is moving away from."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    node: str | None
-    rejections: tuple[tuple[str, int], ...] = ()
 
 
 Check = Callable[[Request, NodeCapacity], bool]
@@ -148,7 +141,9 @@ CHECKS: tuple[tuple[Rejection, Check], ...] = (
     (Rejection.INSUFFICIENT_VRAM, _fits),
 )
 STATIC_CHECKS = CHECKS[:5]
-"""The checks that do not depend on what earlier placements took (eviction looks past the last two)."""
+"""The checks that do not depend on what earlier placements took."""
+EVICTION_CHECKS = tuple((r, c) for r, c in CHECKS if r is not Rejection.INSUFFICIENT_VRAM)
+"""What a node must pass for evictions there to make room: every check but free memory."""
 
 
 def first_rejection(
@@ -160,13 +155,38 @@ def first_rejection(
     return None
 
 
-def score(request: Request, node: NodeCapacity) -> float:
-    """Sum of normalised scores: fit (binpack: fuller is better; spread: emptier), anti-affinity, backend."""
-    after = (node.free - request.size) / node.total if node.total > 0 else 0.0
-    fit = 1.0 - after if request.instance.placement is Placement.BINPACK else after
-    anti_affinity = 1.0 / (1 + node.counts.get(request.instance.name, 0))
-    installed = 1.0 if request.backend in node.node.backends else 0.0
-    return fit + anti_affinity + 0.5 * installed
+Scorer = Callable[[Request, NodeCapacity], float]
+
+
+def _fit(r: Request, n: NodeCapacity) -> float:
+    """Binpack: the fuller the node after the placement, the better; spread: the emptier."""
+    after = (n.free - r.size) / n.total if n.total > 0 else 0.0
+    return 1.0 - after if r.instance.placement is Placement.BINPACK else after
+
+
+def _anti_affinity(r: Request, n: NodeCapacity) -> float:
+    """Fewer replicas of the same instance on the node is better."""
+    return 1.0 / (1 + n.counts.get(r.instance.name, 0))
+
+
+def _installed(r: Request, n: NodeCapacity) -> float:
+    """The backend is already installed there (no install before the load)."""
+    return 1.0 if r.backend in n.node.backends else 0.0
+
+
+SCORERS: tuple[tuple[float, Scorer], ...] = ((1.0, _fit), (1.0, _anti_affinity), (0.5, _installed))
+"""(weight, scorer); each scorer gives a value in [0, 1]. The first ``CHANGING`` change as the pass places
+replicas (free memory, counts); the others are fixed for a node and a request, so a cached sample scores them
+once per node."""
+CHANGING = 2
+
+
+def score(request: Request, node: NodeCapacity, scorers: Sequence[tuple[float, Scorer]] = SCORERS) -> float:
+    """The weighted sum of ``scorers`` (by default all: fit, anti-affinity, backend installed)."""
+    total = 0.0
+    for weight, scorer in scorers:
+        total += weight * scorer(request, node)
+    return total
 
 
 class Candidates:
@@ -237,23 +257,36 @@ class _Entry:
     """The node's version when ``key`` was computed; -1 before the first scoring."""
     key: tuple[float, int] | None
     """(score, -rank) when feasible, ``None`` when the dynamic checks reject it."""
+    fixed: float | None = None
+    """The sum of the scorers that do not change during the pass (computed on first scoring)."""
+
+
+_CHANGING_SCORERS = SCORERS[:CHANGING]
+_FIXED_SCORERS = SCORERS[CHANGING:]
 
 
 def _score_entry(request: Request, entry: _Entry) -> None:
     node = entry.node
     entry.version = node.version
-    entry.key = (score(request, node), -node.rank) if _slots(request, node) and _fits(request, node) else None
+    if not (_slots(request, node) and _fits(request, node)):
+        entry.key = None
+        return
+    if entry.fixed is None:
+        entry.fixed = score(request, node, _FIXED_SCORERS)
+    # the changing scores first, then the fixed ones: the same sum, in the same order, as ``score``
+    entry.key = (score(request, node, _CHANGING_SCORERS) + entry.fixed, -node.rank)
 
 
-def place(request: Request, candidates: Candidates) -> Outcome:
-    """The best feasible node among a deterministic sample, or ``None`` with every rejection counted.
+def place(request: Request, candidates: Candidates) -> str | None:
+    """The best feasible node among a deterministic sample, or ``None`` (``rejections`` then says why).
 
     The sample is the first ``SAMPLE`` feasible nodes in name order from an offset derived from the instance,
-    wrapping around; replicas of one instance share it, and anti-affinity spreads them within it.
+    wrapping around; replicas of one instance share it, and anti-affinity spreads them within it. A request
+    names no replica: every replica of an instance asks the same, and is told apart by what earlier ones took.
     """
     if not candidates.nodes:
-        return Outcome(None)
-    pool, rejected = candidates.pool(request)
+        return None
+    pool, _ = candidates.pool(request)
     window = candidates.window(request, pool)
     best: tuple[float, int] | None = None
     best_node: NodeCapacity | None = None
@@ -276,7 +309,14 @@ def place(request: Request, candidates: Candidates) -> Outcome:
         seen += 1
         if best is None or key > best:
             best, best_node = key, entry.node
-    if best_node is not None:
-        return Outcome(best_node.name)
+    return best_node.name if best_node is not None else None
+
+
+def rejections(request: Request, candidates: Candidates) -> tuple[tuple[str, int], ...]:
+    """How many nodes each check rules out for ``request``, by reason (a full scan: asked only when ``place``
+    found nothing)."""
+    if not candidates.nodes:
+        return ()
+    pool, rejected = candidates.pool(request)
     counts = rejected + Counter(first_rejection(request, n, CHECKS[len(STATIC_CHECKS) :]) for n in pool)
-    return Outcome(None, tuple(sorted((r.value, c) for r, c in counts.items() if r is not None)))
+    return tuple(sorted((r.value, c) for r, c in counts.items() if r is not None))

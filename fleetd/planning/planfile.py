@@ -7,26 +7,49 @@ fingerprint, ``created_at`` and ``plan_hash``.
 
 Pure functions over strings and plain data: reading and writing the file belong to the CLI.
 
+Each action's details are the JSON object of its kind's details class (``LoadDetails`` ->
+``{"config_hash", "vram_bytes"[, "from_node"]}``, ...), read back into that class.
+
 Loading refuses, each with a message that says where and what:
-- an unknown major format version (``"1"`` is current; ``"1.x"`` is accepted, and only then are fields this
-  fleetd does not know ignored, since a later minor version may add optional ones);
+- an unknown major format version (``"2"`` is current; ``"2.x"`` is accepted, and only then are fields this
+  fleetd does not know ignored, since a later minor version may add optional ones); format ``"1"`` (untyped
+  details, no ``forget``) was written by an older fleetd, and is refused with a message that says so;
 - a file whose actions do not hash to its ``plan_hash`` (edited by hand or corrupt), an action whose ``id``
   is not the one its fields give, a ``summary`` that does not count the actions;
-- any field of the wrong type, duplicate keys, ``NaN``.
+- any field of the wrong type (details included), a details key the action's kind does not have, duplicate
+  keys, ``NaN``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fleetd.planning.json_reading import JsonShapeError, ObjectReader, describe, is_int, join, parse_json
-from fleetd.planning.plans import Action, ActionKind, DetailValue, Plan, Reason, Unschedulable
+from fleetd.planning.plans import (
+    Action,
+    ActionDetails,
+    ActionKind,
+    ApproveDetails,
+    DrainDetails,
+    ForgetDetails,
+    InstallDetails,
+    LabelDetails,
+    LoadDetails,
+    Plan,
+    Reason,
+    RestartDetails,
+    RestartStrategy,
+    UnloadDetails,
+    Unschedulable,
+)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+OLDER_FORMATS = frozenset({1})
+"""Major versions an older fleetd wrote: refused with a message that says so."""
 _VERSION = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
 
 
@@ -68,7 +91,9 @@ def action_document(action: Action) -> dict[str, Any]:
         "backend": action.backend,
         "reason": action.reason.value,
         "depends_on": list(action.depends_on),
-        "details": {key: dict(value) if isinstance(value, tuple) else value for key, value in action.details},
+        "details": {
+            key: dict(value) if isinstance(value, tuple) else value for key, value in action.details.pairs()
+        },
     }
 
 
@@ -138,7 +163,7 @@ def plan_from_document(data: Any) -> SavedPlan:
 
 
 def _check_version(top: ObjectReader) -> bool:
-    """Refuse an unknown major version; return whether unknown fields are errors (only in exactly "1")."""
+    """Refuse another major version; return whether unknown fields are errors (only in exactly "2")."""
     version = top.raw("format_version")
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise PlanFileError(
@@ -146,8 +171,12 @@ def _check_version(top: ObjectReader) -> bool:
         )
     match = _VERSION.fullmatch(version)
     assert match is not None
-    major, minor = match.group(1), match.group(2)
-    if int(major) != int(FORMAT_VERSION):
+    major, minor = int(match.group(1)), match.group(2)
+    if major in OLDER_FORMATS:
+        raise PlanFileError(
+            "format_version", f"saved plan format {major} was written by an older fleetd; plan again"
+        )
+    if major != int(FORMAT_VERSION):
         raise PlanFileError(
             "format_version",
             f"this plan file has format {version}, and this fleetd reads format {FORMAT_VERSION} "
@@ -171,9 +200,8 @@ def _action(data: Any, path: str, strict: bool) -> Action:
     except ValueError:
         raise obj.fail("reason", f"unknown reason {reason_text!r}; expected one of: {_choices(Reason)}") from None
     details_obj = obj.object("details", {})
-    details: list[tuple[str, DetailValue]] = []
-    for key, value in details_obj.data.items():
-        details.append((key, _detail_value(value, details_obj.at(key))))
+    details = _DETAILS_READERS[kind](details_obj)
+    details_obj.finish(strict=strict)
     action = Action(
         kind=kind,
         reason=reason,
@@ -182,7 +210,7 @@ def _action(data: Any, path: str, strict: bool) -> Action:
         replica=obj.optional_integer("replica", minimum=0),
         backend=obj.optional_string("backend"),
         depends_on=obj.strings("depends_on", []),
-        details=tuple(details),
+        details=details,
     )
     stated_id = obj.string("id")
     if stated_id != action.id:
@@ -191,17 +219,45 @@ def _action(data: Any, path: str, strict: bool) -> Action:
     return action
 
 
-def _detail_value(value: Any, path: str) -> DetailValue:
-    if value is None or isinstance(value, str | bool) or is_int(value):
-        return value  # type: ignore[no-any-return]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(item, str):
-                raise PlanFileError(join(path, key), f"expected a string, got {describe(item)}")
-        return tuple(value.items())
-    raise PlanFileError(
-        path, f"expected a string, integer, boolean, null or object of strings, got {describe(value)}"
+def _labels(obj: ObjectReader) -> LabelDetails:
+    return LabelDetails(obj.string_map("labels"), obj.optional_integer("max_replicas_per_model", minimum=1))
+
+
+def _install(obj: ObjectReader) -> InstallDetails:
+    return InstallDetails(obj.string("install"))
+
+
+def _load(obj: ObjectReader) -> LoadDetails:
+    return LoadDetails(
+        obj.string("config_hash"), obj.integer("vram_bytes", minimum=0), obj.optional_string("from_node")
     )
+
+
+def _restart(obj: ObjectReader) -> RestartDetails:
+    config = obj.string("config_hash")
+    previous = obj.string("previous_config_hash")
+    strategy_text = obj.string("strategy")
+    try:
+        strategy = RestartStrategy(strategy_text)
+    except ValueError:
+        choices = ", ".join(s.value for s in RestartStrategy)
+        raise obj.fail(
+            "strategy", f"unknown restart strategy {strategy_text!r}; expected one of: {choices}"
+        ) from None
+    return RestartDetails(config, previous, strategy, obj.integer("vram_bytes", minimum=0))
+
+
+_DETAILS_READERS: Mapping[ActionKind, Callable[[ObjectReader], ActionDetails]] = {
+    ActionKind.APPROVE_NODE: lambda _: ApproveDetails(),
+    ActionKind.SET_LABELS: _labels,
+    ActionKind.DRAIN_NODE: lambda _: DrainDetails(),
+    ActionKind.INSTALL_BACKEND: _install,
+    ActionKind.LOAD: _load,
+    ActionKind.UNLOAD: lambda obj: UnloadDetails(obj.integer("vram_bytes", minimum=0)),
+    ActionKind.FORGET: lambda obj: ForgetDetails(obj.integer("vram_bytes", minimum=0)),
+    ActionKind.RESTART: _restart,
+}
+"""How each kind's details object is read back into its details class."""
 
 
 def _unschedulable(data: Any, path: str, strict: bool) -> Unschedulable:

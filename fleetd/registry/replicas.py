@@ -1,14 +1,17 @@
 """Replica rows: one per (instance, node, index), written by the executor and the agents' reports.
 
 ``upsert`` is what an agent's report does (state, address, pid, config hash, usage); ``set_state`` moves one
-replica through starting -> running -> unhealthy/stopping/failed; ``remove`` forgets a stopped one.
+replica through starting -> running -> unhealthy/stopping/failed; ``remove`` forgets a stopped one. Both
+writers keep ``state_since_ms``, when the state last changed: set to now when the state changes (or when a row
+from before the column was added is written), kept when it does not. The planner reads it to tell how long a
+replica has been failed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, update
 
 from fleetd.core.observed import ReplicaState
 from fleetd.registry.dialects import insert_for
@@ -51,9 +54,10 @@ def upsert(conn: Connection, record: ReplicaRecord, *, now_ms: int) -> None:
         "updated_ms": now_ms,
     }
     stmt = insert_for(conn, replicas).values(
-        instance=record.instance, node=record.node, replica=record.replica, **values
+        instance=record.instance, node=record.node, replica=record.replica, state_since_ms=now_ms, **values
     )
-    conn.execute(stmt.on_conflict_do_update(index_elements=["instance", "node", "replica"], set_=values))
+    changes = {**values, "state_since_ms": _state_since(record.state, now_ms)}
+    conn.execute(stmt.on_conflict_do_update(index_elements=["instance", "node", "replica"], set_=changes))
 
 
 def set_state(
@@ -69,7 +73,7 @@ def set_state(
     result = conn.execute(
         update(replicas)
         .where(and_(replicas.c.instance == instance, replicas.c.node == node, replicas.c.replica == replica))
-        .values(state=state.value, last_error=error, updated_ms=now_ms)
+        .values(state=state.value, last_error=error, updated_ms=now_ms, state_since_ms=_state_since(state, now_ms))
     )
     return result.rowcount == 1
 
@@ -81,3 +85,13 @@ def remove(conn: Connection, instance: str, node: str, replica: int) -> bool:
         )
     )
     return result.rowcount == 1
+
+
+def _state_since(state: ReplicaState, now_ms: int) -> ColumnElement[int]:
+    """The new ``state_since_ms`` of a row being updated to ``state``: kept when the row is in that state
+    already (and knows since when), now otherwise. SET expressions read the row as it was before the update,
+    on SQLite and PostgreSQL alike."""
+    return case(
+        (replicas.c.state == state.value, func.coalesce(replicas.c.state_since_ms, now_ms)),
+        else_=now_ms,
+    )

@@ -2,6 +2,8 @@
 
 One query per table (nodes, labels, installed backends, replicas, scheduling records), grouped in Python; no
 query per node or replica (no N+1). Run it in a read-only transaction so that every part is of one moment.
+Timestamps are stored as integer milliseconds and shown as ISO 8601 UTC (``last_used``, ``state_since``,
+``cooldown_until``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from fleetd.registry.tables import node_backends, node_labels, nodes, replicas, 
 
 
 def snapshot(conn: Connection) -> ObservedState:
+    return ObservedState(nodes=_nodes(conn), replicas=_replicas(conn), scheduling=_records(conn))
+
+
+def _nodes(conn: Connection) -> tuple[ObservedNode, ...]:
     labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for node, key, value in conn.execute(
         select(node_labels.c.node, node_labels.c.key, node_labels.c.value).order_by(
@@ -37,7 +43,7 @@ def snapshot(conn: Connection) -> ObservedState:
         .order_by(node_backends.c.node, node_backends.c.backend)
     ):
         backends[node].append(backend)
-    node_rows = conn.execute(
+    rows = conn.execute(
         select(
             nodes.c.name,
             nodes.c.status,
@@ -51,7 +57,7 @@ def snapshot(conn: Connection) -> ObservedState:
             nodes.c.approved,
         ).order_by(nodes.c.name)
     )
-    observed_nodes = tuple(
+    return tuple(
         ObservedNode(
             name=name,
             status=NodeStatus(status),
@@ -77,9 +83,12 @@ def snapshot(conn: Connection) -> ObservedState:
             available_ram,
             slots,
             approved,
-        ) in node_rows
+        ) in rows
     )
-    replica_rows = conn.execute(
+
+
+def _replicas(conn: Connection) -> tuple[ObservedReplica, ...]:
+    rows = conn.execute(
         select(
             replicas.c.instance,
             replicas.c.node,
@@ -92,9 +101,10 @@ def snapshot(conn: Connection) -> ObservedState:
             replicas.c.last_used_ms,
             replicas.c.restarts,
             replicas.c.last_error,
+            replicas.c.state_since_ms,
         ).order_by(replicas.c.instance, replicas.c.node, replicas.c.replica)
     )
-    observed_replicas = tuple(
+    return tuple(
         ObservedReplica(
             instance=instance,
             node=node,
@@ -104,9 +114,10 @@ def snapshot(conn: Connection) -> ObservedState:
             config_hash=config_hash,
             vram_bytes=vram,
             in_flight=in_flight,
-            last_used=iso_from_ms(last_used) if last_used is not None else None,
+            last_used=_iso(last_used),
             restarts=restarts,
             last_error=last_error,
+            state_since=_iso(state_since),
         )
         for (
             instance,
@@ -120,22 +131,27 @@ def snapshot(conn: Connection) -> ObservedState:
             last_used,
             restarts,
             last_error,
-        ) in replica_rows
+            state_since,
+        ) in rows
     )
-    records = tuple(
+
+
+def _records(conn: Connection) -> tuple[SchedulingRecord, ...]:
+    rows = conn.execute(
+        select(
+            scheduling_state.c.instance,
+            scheduling_state.c.unsatisfiable_ticks,
+            scheduling_state.c.cooldown_until_ms,
+            scheduling_state.c.capacity_digest,
+        ).order_by(scheduling_state.c.instance)
+    )
+    return tuple(
         SchedulingRecord(
-            instance=instance,
-            unsatisfiable_ticks=ticks,
-            cooldown_until=iso_from_ms(until) if until is not None else None,
-            capacity=capacity,
+            instance=instance, unsatisfiable_ticks=ticks, cooldown_until=_iso(until), capacity=capacity
         )
-        for instance, ticks, until, capacity in conn.execute(
-            select(
-                scheduling_state.c.instance,
-                scheduling_state.c.unsatisfiable_ticks,
-                scheduling_state.c.cooldown_until_ms,
-                scheduling_state.c.capacity_digest,
-            ).order_by(scheduling_state.c.instance)
-        )
+        for instance, ticks, until, capacity in rows
     )
-    return ObservedState(nodes=observed_nodes, replicas=observed_replicas, scheduling=records)
+
+
+def _iso(ms: int | None) -> str | None:
+    return iso_from_ms(ms) if ms is not None else None

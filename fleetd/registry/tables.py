@@ -133,6 +133,7 @@ replicas = Table(
     Column("in_flight", Integer, nullable=False, default=0),
     Column("last_used_ms", BigInteger),
     Column("updated_ms", BigInteger, nullable=False),
+    Column("state_since_ms", BigInteger),
     UniqueConstraint("instance", "node", "replica"),
     CheckConstraint("state IN ('starting', 'running', 'unhealthy', 'stopping', 'failed')", name="state"),
 )

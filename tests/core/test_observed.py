@@ -42,3 +42,10 @@ def test_fingerprint_follows_structure_not_readings() -> None:
     used = dataclasses.replace(REPLICAS[0], in_flight=7, last_used="2026-11-23T08:00:00Z")
     same = ObservedState(nodes=(busier, NODES[1]), replicas=(used, REPLICAS[1]), scheduling=RECORDS)
     assert same.fingerprint == STATE.fingerprint
+
+
+def test_when_a_replica_s_state_changed_is_a_reading_not_structure() -> None:
+    dated = dataclasses.replace(REPLICAS[0], state_since="2026-11-23T07:55:00Z")
+    assert ObservedState(nodes=NODES, replicas=(dated, REPLICAS[1]), scheduling=RECORDS).fingerprint == (
+        STATE.fingerprint
+    )

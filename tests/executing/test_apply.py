@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import Engine, select
 
 from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.executing import ActionOutcome, Fence, PlanMismatch
+from fleetd.planning.plans import RestartDetails
 from fleetd.registry import apply_log, replicas
 from fleetd.registry.nodes import Heartbeat
 from fleetd.registry.pending_ops import OpState
@@ -239,7 +242,12 @@ def test_reapplying_a_plan_that_succeeded_changes_nothing(engine: Engine, clock:
     assert [o.replica_state for o in again.outcomes] == ["running", "running"]
     assert (fleet.agent("gpu-a").starts, fleet.agent("gpu-b").starts) == (1, 1)
     assert len(fleet.log.of("load")) == 4
-    assert fleet.registry.snapshot() == before
+    # The same rows; only when their state last changed moved: a load writes its row 'starting' first.
+    after = fleet.registry.snapshot()
+    assert [dataclasses.replace(r, state_since=None) for r in after.replicas] == [
+        dataclasses.replace(r, state_since=None) for r in before.replicas
+    ]
+    assert dataclasses.replace(after, replicas=()) == dataclasses.replace(before, replicas=())
     assert fleet.open_reservations() == []
     assert [reason for *_, reason in fleet.reservation_ledger()] == ["done"] * 4
     assert {op.state for op in fleet.ops().values()} == {OpState.DONE}
@@ -324,13 +332,30 @@ def test_a_replica_on_a_lost_node_without_an_agent_is_forgotten_and_replaced(
     assert fleet.registry.mark_missed_heartbeats(unhealthy_after_ms=30_000, offline_after_ms=90_000) == (0, 1)
     fleet.node("gpu-b")
     result = fleet.plan(desired)
-    assert [a.id for a in result.actions] == ["load:qwen:gpu-b:1", "unload:qwen:gpu-a:0"]
+    assert [a.id for a in result.actions] == ["load:qwen:gpu-b:1", "forget:qwen:gpu-a:0"]
     report = fleet.apply(result, desired)
     assert report.exit_code(result) == 0, report.outcomes
     assert "node gpu-a is lost: forgot the replica" in report.outcomes[1].message
     assert [(r.instance, r.node) for r in fleet.registry.snapshot().replicas] == [("qwen", "gpu-b")]
     assert fleet.plan(desired).is_empty, "the lost replica keeps coming back in plans"
-    assert fleet.ops()["gpu-a/qwen/0/unload"].state is OpState.DONE
+    assert fleet.ops()["gpu-a/qwen/0/forget"].state is OpState.DONE
+
+
+def test_a_forget_asks_no_agent_even_when_one_is_connected(engine: Engine, clock: ManualClock) -> None:
+    fleet = Fleet(engine, clock)
+    fleet.node("gpu-a")  # its agent stays connected, but the registry declares the node lost
+    desired = manifest("instances:\n" + instance("qwen"))
+    fleet.registry.upsert_replica(
+        replicas.ReplicaRecord("qwen", "gpu-a", 0, ReplicaState.RUNNING, config_hash=hash_of(desired, "qwen"))
+    )
+    clock.advance(120_000)
+    assert fleet.registry.mark_missed_heartbeats(unhealthy_after_ms=30_000, offline_after_ms=90_000) == (0, 1)
+    result = fleet.plan(desired)
+    assert [a.id for a in result.actions] == ["forget:qwen:gpu-a:0"]
+    report = fleet.apply(result, desired)
+    assert [(o.action_id, o.status) for o in report.outcomes] == [("forget:qwen:gpu-a:0", "ok")]
+    assert fleet.log.of() == []  # no agent was called
+    assert fleet.registry.snapshot().replicas == ()
 
 
 def test_a_backend_is_installed_before_the_load_that_needs_it(engine: Engine, clock: ManualClock) -> None:
@@ -382,7 +407,7 @@ def test_a_restart_reserves_what_its_strategy_needs(
     changed = manifest("instances:\n" + instance("qwen", vram=new_vram, ctx=4096))
     result = fleet.plan(changed)
     [restart] = result.actions
-    assert (restart.id, restart.detail("strategy")) == ("restart:qwen:gpu-a:0", strategy)
+    assert (restart.id, restart.details_as(RestartDetails).strategy) == ("restart:qwen:gpu-a:0", strategy)
     report = fleet.apply(result, changed)
     assert report.ok()
     assert [o.replica_state for o in report.outcomes] == ["running"]
@@ -395,6 +420,19 @@ def test_a_restart_reserves_what_its_strategy_needs(
         ReplicaState.RUNNING,
     )
     assert fleet.ops()["gpu-a/qwen/0/restart"].state is OpState.DONE
+
+
+def test_a_restart_without_room_leaves_the_apply_degraded(engine: Engine, clock: ManualClock) -> None:
+    fleet = Fleet(engine, clock)
+    fleet.node("gpu-a", vram_gib=8)
+    first = manifest("instances:\n" + instance("qwen"))
+    assert fleet.apply(fleet.plan(first), first).ok()
+    fleet.registry.heartbeat([Heartbeat("gpu-a", available_vram=2 * GIB, available_ram=0)])
+    grown = manifest("instances:\n" + instance("qwen", vram="12GiB", ctx=4096))
+    result = fleet.plan(grown)
+    assert (result.actions, [u.instance for u in result.unschedulable]) == ((), ["qwen"])
+    report = fleet.apply(result, grown)
+    assert report.exit_code(result) == 3  # applied (nothing), but a replica cannot run its desired config
 
 
 def test_nodes_are_approved_and_labelled_before_loads_on_them(engine: Engine, clock: ManualClock) -> None:

@@ -5,22 +5,21 @@ from __future__ import annotations
 import pytest
 
 from fleetd.executing import ActionOutcome, ApplyReport, OutcomeStatus, PlanMismatch, check_executable
-from fleetd.planning.plans import Action, ActionKind, Plan, Reason, Unschedulable
+from fleetd.planning.plans import Action, LoadDetails, Plan, Reason, Unschedulable, install_action, load_action
 from tests.executing.fleet import hash_of, instance, manifest
 
 DESIRED = manifest("instances:\n" + instance("qwen"))
 
 
 def load(node: str, *, name: str = "qwen", depends_on: tuple[str, ...] = (), config: str | None = None) -> Action:
-    return Action(
-        ActionKind.LOAD,
-        Reason.SCALE_UP,
+    return load_action(
+        name,
         node,
-        instance=name,
-        replica=0,
+        0,
         backend="llama-cpp",
+        reason=Reason.SCALE_UP,
+        details=LoadDetails(config or hash_of(DESIRED, "qwen"), 1),
         depends_on=depends_on,
-        details=(("config_hash", config or hash_of(DESIRED, "qwen")), ("vram_bytes", 1)),
     )
 
 
@@ -35,7 +34,7 @@ def test_every_problem_is_listed() -> None:
             load("gpu-b", depends_on=("load:qwen:gpu-a:0",)),
             load("gpu-c", depends_on=("unload:gone:gpu-c:0",), config="sha256:other"),
             load("gpu-d", name="mistral"),
-            Action(ActionKind.INSTALL_BACKEND, Reason.BACKEND_MISSING, "gpu-a", backend="vllm"),
+            install_action("gpu-a", "vllm", "image:vllm/vllm-openai:v0.11.0"),
         ),
         desired_digest="sha256:another-manifest",
     )

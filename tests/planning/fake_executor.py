@@ -5,7 +5,7 @@ section 8: "after applying a plan with a fake executor, re-planning yields nothi
 raises ``ExecutionError`` when a plan asks for something an executor could not do in the order it runs the
 actions: a ``depends_on`` id that is not in the plan or a cycle, a load on a node that is not approved and
 healthy, lacks the backend or lacks the free VRAM (available minus reserved; RAM on a node without a GPU) at
-that moment, a second replica under one id, an unload or restart of a replica that does not exist.
+that moment, a second replica under one id, an unload, forget or restart of a replica that does not exist.
 
 Actions run one at a time in an order that respects ``depends_on``. Among the actions whose dependencies are
 done, ``order="eager"`` picks the one that comes first in the plan (loads and surges before the unloads that
@@ -24,7 +24,15 @@ from typing import Literal
 from fleetd.core.desired import DesiredState
 from fleetd.core.names import AUTO_LABEL_KEYS
 from fleetd.core.observed import NodeStatus, ObservedNode, ObservedReplica, ObservedState, ReplicaState
-from fleetd.planning.plans import Action, ActionKind, Plan
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    LabelDetails,
+    LoadDetails,
+    Plan,
+    RestartDetails,
+    RestartStrategy,
+)
 
 Order = Literal["eager", "lazy"]
 ReplicaKey = tuple[str, str, int]
@@ -129,20 +137,6 @@ class _World:
             )
 
 
-def _int_detail(action: Action, key: str) -> int:
-    value = action.detail(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ExecutionError(f"{action.id}: detail {key} is {value!r}, not an integer")
-    return value
-
-
-def _str_detail(action: Action, key: str) -> str:
-    value = action.detail(key)
-    if not isinstance(value, str):
-        raise ExecutionError(f"{action.id}: detail {key} is {value!r}, not a string")
-    return value
-
-
 def _approve(world: _World, action: Action) -> None:
     node = world.node(action)
     status = NodeStatus.HEALTHY if node.status is NodeStatus.PENDING else node.status
@@ -151,14 +145,12 @@ def _approve(world: _World, action: Action) -> None:
 
 def _set_labels(world: _World, action: Action) -> None:
     node = world.node(action)
-    declared = action.detail("labels")
-    if not isinstance(declared, tuple):
-        raise ExecutionError(f"{action.id}: labels detail is {declared!r}")
+    details = action.details_as(LabelDetails)
     auto = [(k, v) for k, v in node.labels if k in AUTO_LABEL_KEYS]
-    labels = tuple(sorted([*auto, *declared]))
+    labels = tuple(sorted([*auto, *details.labels]))
     slots = node.max_replicas_per_model
-    if action.detail("max_replicas_per_model") is not None:
-        slots = _int_detail(action, "max_replicas_per_model")
+    if details.max_replicas_per_model is not None:
+        slots = details.max_replicas_per_model
     world.nodes[node.name] = dataclasses.replace(node, labels=labels, max_replicas_per_model=slots)
 
 
@@ -185,7 +177,8 @@ def _load(world: _World, action: Action) -> None:
     key = (action.instance, action.node, action.replica)
     if key in world.replicas:
         raise ExecutionError(f"{action.id}: the replica already exists")
-    size = _int_detail(action, "vram_bytes")
+    details = action.details_as(LoadDetails)
+    size = details.vram_bytes
     world.require_room(action, size)
     world.adjust_memory(node.name, -size)
     world.replicas[key] = ObservedReplica(
@@ -194,28 +187,26 @@ def _load(world: _World, action: Action) -> None:
         action.replica,
         ReplicaState.RUNNING,
         address=f"{action.node}:{8080 + action.replica}",
-        config_hash=_str_detail(action, "config_hash"),
+        config_hash=details.config_hash,
         vram_bytes=size,
     )
 
 
 def _restart(world: _World, action: Action) -> None:
     replica = world.replica(action)
-    size = _int_detail(action, "vram_bytes")
-    strategy = _str_detail(action, "strategy")
-    if strategy == "surge":  # the new process starts beside the old one, which stops once it is healthy
+    details = action.details_as(RestartDetails)
+    size = details.vram_bytes
+    if details.strategy is RestartStrategy.SURGE:  # the new one starts beside the old, which stops once healthy
         world.require_room(action, size)
         world.adjust_memory(action.node, replica.vram_bytes - size)
-    elif strategy == "stop_first":
+    else:
         world.adjust_memory(action.node, replica.vram_bytes)
         world.require_room(action, size)
         world.adjust_memory(action.node, -size)
-    else:
-        raise ExecutionError(f"{action.id}: unknown strategy {strategy!r}")
     world.replicas[(replica.instance, replica.node, replica.replica)] = dataclasses.replace(
         replica,
         state=ReplicaState.RUNNING,
-        config_hash=_str_detail(action, "config_hash"),
+        config_hash=details.config_hash,
         vram_bytes=size,
         in_flight=0,
         restarts=0,
@@ -229,6 +220,12 @@ def _unload(world: _World, action: Action) -> None:
     world.adjust_memory(replica.node, replica.vram_bytes)
 
 
+def _forget(world: _World, action: Action) -> None:
+    """The row goes; the lost node's readings stay as they were (no agent reports anything)."""
+    replica = world.replica(action)
+    del world.replicas[(replica.instance, replica.node, replica.replica)]
+
+
 _STEPS: dict[ActionKind, Callable[[_World, Action], None]] = {
     ActionKind.APPROVE_NODE: _approve,
     ActionKind.SET_LABELS: _set_labels,
@@ -237,6 +234,7 @@ _STEPS: dict[ActionKind, Callable[[_World, Action], None]] = {
     ActionKind.LOAD: _load,
     ActionKind.RESTART: _restart,
     ActionKind.UNLOAD: _unload,
+    ActionKind.FORGET: _forget,
 }
 
 

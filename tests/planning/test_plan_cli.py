@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fleetd.planning.planfile import loads_plan
+from fleetd.planning.plans import LoadDetails
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1024**3
@@ -93,8 +94,8 @@ def test_a_snapshot_built_from_the_plan_is_converged_exit_0(workdir: Path) -> No
         "node": load.node,
         "replica": load.replica,
         "state": "running",
-        "config_hash": load.detail("config_hash"),
-        "vram_bytes": load.detail("vram_bytes"),
+        "config_hash": load.details_as(LoadDetails).config_hash,
+        "vram_bytes": load.details_as(LoadDetails).vram_bytes,
     }
     write_snapshot(workdir / "converged.json", [replica])
     result = fleetd("plan", "--observed", "converged.json", cwd=workdir)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from fleetd.planning.planfile import FORMAT_VERSION, PlanFileError, dumps_plan, loads_plan
-from fleetd.planning.plans import Plan
+from fleetd.planning.plans import LabelDetails, Plan, forget_action
 from fleetd.planning.rendering import render_json
-from tests.planning.sample_plans import PATHS, PLANS, mixed_plan
+from tests.planning.sample_plans import GIB, PATHS, PLANS, mixed_plan
 
 
 @pytest.mark.parametrize("name", list(PLANS))
@@ -34,8 +34,8 @@ def test_round_trip_keeps_backend_details_and_dependencies() -> None:
     assert install.depends_on == ("approve_node:gpu-c",)
     labels = loaded.plan.action("set_labels:gpu-a")
     assert labels is not None
-    assert labels.detail("labels") == (("tier", "fast"), ("zone", "eu-1"))
-    assert labels.detail("max_replicas_per_model") == 2
+    assert labels.details_as(LabelDetails).labels == (("tier", "fast"), ("zone", "eu-1"))
+    assert labels.details_as(LabelDetails).max_replicas_per_model == 2
     assert loaded.plan.revision == "3f2c1a9"
     assert loaded.plan.created_at == plan.created_at
     assert loaded.plan.notes == plan.notes
@@ -60,16 +60,60 @@ def _error(text: str) -> str:
 def test_a_newer_major_version_is_refused_before_anything_else() -> None:
     def newer(doc: dict[str, Any]) -> None:
         doc.clear()
-        doc.update({"format_version": "2", "steps": []})
+        doc.update({"format_version": "3", "steps": []})
 
     message = _error(_edited(newer))
-    assert message.startswith("format_version: this plan file has format 2, and this fleetd reads format 1")
+    assert message.startswith("format_version: this plan file has format 3, and this fleetd reads format 2")
     assert "make the plan again" in message
+
+
+def test_a_plan_saved_by_an_older_fleetd_is_refused() -> None:
+    def older(doc: dict[str, Any]) -> None:
+        doc["format_version"] = "1"
+
+    assert _error(_edited(older)) == (
+        "format_version: saved plan format 1 was written by an older fleetd; plan again"
+    )
+    assert _error(_edited(lambda doc: doc.update(format_version="1.2"))).endswith("older fleetd; plan again")
+
+
+def test_every_kind_of_details_round_trips() -> None:
+    lost = forget_action("qwen-7b", "gpu-lost", 3, vram_bytes=6 * GIB)
+    plan = Plan(actions=(*mixed_plan().actions, lost))
+    text = dumps_plan(plan, PATHS)
+    assert loads_plan(text).plan == plan
+    forget = next(a for a in json.loads(text)["actions"] if a["kind"] == "forget")
+    assert forget["id"] == "forget:qwen-7b:gpu-lost:3"
+    assert (forget["reason"], forget["details"]) == ("node_lost", {"vram_bytes": 6 * GIB})
+    assert json.loads(text)["summary"]["forget"] == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d["actions"][4]["details"].update(vram=1),
+            "actions[4].details.vram: unknown field; expected one of: config_hash, from_node, vram_bytes",
+        ),
+        (lambda d: d["actions"][4]["details"].pop("config_hash"), "actions[4].details.config_hash: is required"),
+        (
+            lambda d: d["actions"][7]["details"].update(strategy="blue_green"),
+            "actions[7].details.strategy: unknown restart strategy 'blue_green'; expected one of: surge, stop_first",
+        ),
+        (
+            lambda d: d["actions"][1]["details"].update(max_replicas_per_model=0),
+            "actions[1].details.max_replicas_per_model: expected an integer of at least 1, got 0",
+        ),
+        (lambda d: d["actions"][0]["details"].update(labels={}), "actions[0].details.labels: unknown field"),
+    ],
+)
+def test_details_are_read_as_their_kind_s_details(edit: Callable[[dict[str, Any]], Any], expected: str) -> None:
+    assert _error(_edited(edit)).startswith(expected)
 
 
 def test_a_minor_version_is_accepted_and_may_add_fields() -> None:
     def minor(doc: dict[str, Any]) -> None:
-        doc["format_version"] = "1.3"
+        doc["format_version"] = "2.3"
         doc["signed_by"] = "ci"
         doc["actions"][0]["note"] = "added in 1.3"
 
@@ -80,16 +124,16 @@ def test_unknown_fields_are_refused_in_the_current_version() -> None:
     def typo(doc: dict[str, Any]) -> None:
         doc["actions"][4]["replcia"] = 3
 
-    assert FORMAT_VERSION == "1"
+    assert FORMAT_VERSION == "2"
     assert _error(_edited(typo)).startswith("actions[4].replcia: unknown field; expected one of: ")
 
 
 @pytest.mark.parametrize(
     ("version", "expected"),
     [
-        (1, 'format_version: expected a version string such as "1", got 1'),
-        ("v1", 'format_version: expected a version string such as "1", got "v1"'),
-        (None, 'format_version: expected a version string such as "1", got null'),
+        (1, 'format_version: expected a version string such as "2", got 1'),
+        ("v1", 'format_version: expected a version string such as "2", got "v1"'),
+        (None, 'format_version: expected a version string such as "2", got null'),
     ],
 )
 def test_malformed_version(version: Any, expected: str) -> None:
@@ -177,7 +221,7 @@ def test_duplicate_actions_are_refused() -> None:
         (lambda d: d["actions"][4].update(depends_on=[1]), "actions[4].depends_on[0]: expected a string, got 1"),
         (
             lambda d: d["actions"][4]["details"].update(vram_bytes=1.5),
-            "actions[4].details.vram_bytes: expected a string, integer, boolean, null or object of strings, got 1.5",
+            "actions[4].details.vram_bytes: expected an integer, got 1.5",
         ),
         (
             lambda d: d["actions"][1]["details"]["labels"].update(tier=1),

@@ -51,7 +51,7 @@ from fleetd.core.observed import NodeStatus, ObservedNode, ObservedReplica, Obse
 from fleetd.core.timestamps import iso_from_ms, ms_from_iso
 from fleetd.planning.launch_config import config_hash
 from fleetd.planning.planner import PlanPolicy, plan
-from fleetd.planning.plans import Action, ActionKind, Plan, PlanRefused, Reason
+from fleetd.planning.plans import ActionKind, LoadDetails, Plan, PlanRefused, Reason, load_action
 from fleetd.runtimes import runtime_for
 from tests.planning.fake_executor import ExecutionError, Order, apply_plan, dependencies, execution_order
 
@@ -394,7 +394,7 @@ def check_plan(fleet: Fleet, observed: ObservedState, result: Plan) -> ObservedS
             if r.instance == spec.name and r.node == action.node and r.state is not ReplicaState.STOPPING
         )
         assert count <= node.max_replicas_per_model, f"{action.id}: {count} replicas in the node's slots"
-        assert action.detail("config_hash") == config_hash(spec, backends[spec.backend])
+        assert action.details_as(LoadDetails).config_hash == config_hash(spec, backends[spec.backend])
         deps = dependencies(result, action.id)
         for prerequisite in (f"approve_node:{action.node}", f"set_labels:{action.node}"):
             if result.action(prerequisite) is not None:
@@ -573,9 +573,8 @@ def test_fake_executor_rejects_a_load_without_room(order: Order) -> None:
     )  # fmt: skip
     spec = InstanceSpec("chat", "llama-cpp", "/models/chat.gguf", vram_bytes=8 * GIB)
     desired = DesiredState(backends=BACKENDS, instances=(spec,))
-    load = Action(
-        ActionKind.LOAD, Reason.SCALE_UP, "n1", instance="chat", replica=0, backend="llama-cpp",
-        details=(("config_hash", "sha256:x"), ("vram_bytes", 8 * GIB)),
-    )  # fmt: skip
+    load = load_action(
+        "chat", "n1", 0, backend="llama-cpp", reason=Reason.SCALE_UP, details=LoadDetails("sha256:x", 8 * GIB)
+    )
     with pytest.raises(ExecutionError, match="over-commit"):
         apply_plan(Plan(actions=(load,)), desired, ObservedState(nodes=(node,)), order=order)

