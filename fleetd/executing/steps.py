@@ -20,6 +20,7 @@ from typing import Any
 
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
+from fleetd.executing.records import replica_record
 from fleetd.executing.writes import Writes
 from fleetd.planning.plans import (
     Action,
@@ -212,26 +213,6 @@ def _end_failed_launch(
         instance, node, index = replica_key(action)
         with contextlib.suppress(FencedOut):
             ctx.writes.set_replica_state(instance, node, index, ReplicaState.FAILED, error=describe(exc))
-
-
-def replica_record(node: str, status: ReplicaStatus, *, vram_bytes: int | None = None) -> ReplicaRecord:
-    """The registry row for what an agent reports of one replica (also the embedded mode's observe step)."""
-    return ReplicaRecord(
-        instance=status.instance,
-        node=node,
-        replica=status.replica,
-        state=status.state,
-        address=status.address,
-        pid=status.pid,
-        process_start=status.process_start,
-        container_id=status.container,
-        config_hash=status.config_hash,
-        vram_bytes=status.vram_bytes if vram_bytes is None else vram_bytes,
-        restarts=status.restarts,
-        last_error=status.last_error,
-        in_flight=status.in_flight,
-        last_used_ms=status.last_used_ms,
-    )
 
 
 def _status_message(status: ReplicaStatus) -> str:
