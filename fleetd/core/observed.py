@@ -77,6 +77,8 @@ class ObservedReplica:
     restarts: int = 0
     last_error: str | None = None
     state_since: str | None = None
+    restart_requested: bool = False
+    """A person asked for a restart (``fleetd replica restart``); an input, like in-flight, not in the fingerprint."""
     """ISO 8601 UTC timestamp of the last change of ``state``, or ``None`` when unknown (a registry from before
     it was kept). A live reading like ``last_used``: not part of the fingerprint."""
 

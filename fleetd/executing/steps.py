@@ -120,6 +120,7 @@ def restart(ctx: StepContext, action: Action) -> StepResult:
     """``surge`` runs the new process beside the old one until it is healthy, so it needs its full size;
     ``stop_first`` frees the old process's memory first, so it needs only the growth."""
     request = launch_request(ctx.desired, action)
+    ctx.writes.clear_restart_request(*replica_key(action))  # done, whatever the outcome: no restart loop
     size = request.vram_bytes
     if action.details_as(RestartDetails).strategy is RestartStrategy.STOP_FIRST:
         old = ctx.previous_vram.get(replica_key(action), 0)

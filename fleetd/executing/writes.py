@@ -17,7 +17,16 @@ from sqlalchemy import Connection
 
 from fleetd.core.observed import ReplicaState, SchedulingRecord
 from fleetd.executing.fencing import Fence
-from fleetd.registry import apply_log, leases, nodes, pending_ops, replicas, reservations, scheduling
+from fleetd.registry import (
+    apply_log,
+    leases,
+    nodes,
+    pending_ops,
+    replicas,
+    reservations,
+    restart_requests,
+    scheduling,
+)
 from fleetd.registry.facade import Registry
 
 
@@ -105,6 +114,10 @@ class Writes:
     ) -> None:
         with self._fenced() as conn:
             replicas.set_state(conn, instance, node, replica, state, now_ms=self.now(), error=error)
+
+    def clear_restart_request(self, instance: str, node: str, replica: int) -> None:
+        with self._fenced() as conn:
+            restart_requests.clear(conn, instance, node, replica)
 
     def remove_replica(self, instance: str, node: str, replica: int) -> None:
         with self._fenced() as conn:

@@ -47,6 +47,7 @@ def classify(p: Pass, spec: InstanceSpec, want: str, observed: tuple[ObservedRep
     for replica in observed:
         if (
             replica.state is running
+            and not replica.restart_requested
             and settled[replica.node]
             and not (evicted and (replica.instance, replica.node, replica.replica) in evicted)
         ):
@@ -82,6 +83,8 @@ def _where(p: Pass, spec: InstanceSpec, replica: ObservedReplica) -> Reason | No
         return Reason.NODE_UNDECLARED
     if p.fleet.draining(node):
         return Reason.DRAINED
+    if replica.restart_requested:
+        return None  # stays: the rollout restarts it now, a failed one included
     if replica.state is ReplicaState.FAILED:
         if _failed_for_a_cooldown(p, spec, replica):
             return Reason.FAILED

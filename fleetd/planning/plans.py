@@ -61,6 +61,8 @@ class Reason(enum.StrEnum):
     CONFIG_CHANGED = "config_changed"
     UNHEALTHY = "unhealthy"
     FAILED = "failed"
+    REQUESTED = "requested"
+    """A person asked for the restart (``fleetd replica restart``)."""
     NODE_LOST = "node_lost"
     NODE_UNDECLARED = "node_undeclared"
     """The replica's node is no longer in the manifest's declared ``nodes``."""

@@ -27,7 +27,9 @@ class RestartFit:
 def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
     """Restart stale or unhealthy replicas in batches; each batch waits for the one before (``depends_on``)."""
     spec, want = need.spec, need.config_hash
-    stale = [r for r in staying if r.config_hash != want or r.state is ReplicaState.UNHEALTHY]
+    stale = [
+        r for r in staying if r.config_hash != want or r.state is ReplicaState.UNHEALTHY or r.restart_requested
+    ]
     if not stale:
         return
     batch = max(1, spec.rollout.max_surge, spec.rollout.max_unavailable)
@@ -41,6 +43,8 @@ def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
         if len(current) == batch:
             previous, current = tuple(current), []
         reason = Reason.CONFIG_CHANGED if replica.config_hash != want else Reason.UNHEALTHY
+        if replica.config_hash == want and replica.restart_requested:
+            reason = Reason.REQUESTED
         current.append(plan_restart(p, need, replica, reason, fit, after=previous))
 
 

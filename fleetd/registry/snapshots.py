@@ -102,6 +102,7 @@ def _replicas(conn: Connection) -> tuple[ObservedReplica, ...]:
             replicas.c.restarts,
             replicas.c.last_error,
             replicas.c.state_since_ms,
+            replicas.c.restart_requested_ms,
         ).order_by(replicas.c.instance, replicas.c.node, replicas.c.replica)
     )
     return tuple(
@@ -118,6 +119,7 @@ def _replicas(conn: Connection) -> tuple[ObservedReplica, ...]:
             restarts=restarts,
             last_error=last_error,
             state_since=_iso(state_since),
+            restart_requested=requested is not None,
         )
         for (
             instance,
@@ -132,6 +134,7 @@ def _replicas(conn: Connection) -> tuple[ObservedReplica, ...]:
             restarts,
             last_error,
             state_since,
+            requested,
         ) in rows
     )
 

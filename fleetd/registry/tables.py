@@ -134,6 +134,7 @@ replicas = Table(
     Column("last_used_ms", BigInteger),
     Column("updated_ms", BigInteger, nullable=False),
     Column("state_since_ms", BigInteger),
+    Column("restart_requested_ms", BigInteger),
     UniqueConstraint("instance", "node", "replica"),
     CheckConstraint("state IN ('starting', 'running', 'unhealthy', 'stopping', 'failed')", name="state"),
 )

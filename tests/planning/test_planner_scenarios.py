@@ -445,6 +445,25 @@ def test_an_unhealthy_replica_is_restarted() -> None:
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
 
 
+def test_a_requested_restart_restarts_a_running_and_a_failed_replica_at_once() -> None:
+    """``fleetd replica restart``: no cooldown for the failed one, and no config change needed."""
+    desired = manifest("instances:\n" + instance("qwen", min_replicas=2))
+    running = dataclasses.replace(replica(desired, "qwen", "gpu-a", 0), restart_requested=True)
+    broken = dataclasses.replace(failed(desired, "gpu-b", 1, minutes_ago=0), restart_requested=True)
+    before = observed([gpu("gpu-a"), gpu("gpu-b")], [running, broken])
+    result = plan(desired, before, now_ms=NOW)
+    assert [(a.id, a.reason.value) for a in result.actions] == [
+        ("restart:qwen:gpu-a:0", "requested"),
+        ("restart:qwen:gpu-b:1", "requested"),
+    ]
+    assert result.notes == ()
+    after = apply_plan(result, desired, before)
+    cleared = dataclasses.replace(
+        after, replicas=tuple(dataclasses.replace(r, restart_requested=False) for r in after.replicas)
+    )
+    assert plan(desired, cleared, now_ms=NOW).is_empty
+
+
 # failed replicas (max_restarts used up) ----------------------------------------------------------------------
 
 
