@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from fleetd.core.desired import DesiredState
+from fleetd.core.observed import ReplicaState
 from fleetd.executing.fencing import Fence
 from fleetd.executing.report import EXIT_CONVERGED, EXIT_ERROR, ActionOutcome, ApplyReport, OutcomeStatus
 from fleetd.executing.steps import ReplicaKey, StepContext, describe, run_step
@@ -77,10 +78,15 @@ def apply_plan(
 
 
 def _previous_vram(plan: Plan, registry: Registry) -> dict[ReplicaKey, int]:
-    """The VRAM of the replicas this plan restarts, as the registry knows it now (one read, only if needed)."""
+    """The VRAM the replicas this plan restarts hold, as the registry knows it now (one read, only if needed).
+    A failed replica has no process, so it holds none: its restart in place reserves its whole size, as the
+    planner counted it."""
     if not any(a.kind is ActionKind.RESTART for a in plan.actions):
         return {}
-    return {(r.instance, r.node, r.replica): r.vram_bytes for r in registry.snapshot().replicas}
+    return {
+        (r.instance, r.node, r.replica): 0 if r.state is ReplicaState.FAILED else r.vram_bytes
+        for r in registry.snapshot().replicas
+    }
 
 
 def _log(
