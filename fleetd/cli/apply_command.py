@@ -147,7 +147,7 @@ class _Printer:
             if not plan.unschedulable:
                 out("No changes. The fleet matches the manifest.\n")
                 return EXIT_OK
-            out(self._rendered(plan))
+            self.planned(plan)
             out("\nNo changes can be made, but some replicas cannot be placed.\n")
             return code
         elapsed_s = time.monotonic() - (self._started or time.monotonic())
@@ -155,11 +155,6 @@ class _Printer:
         if result.lease_lost:
             sys.stderr.write("error: the controller lease was lost during the apply; another fleetd took over\n")
         return code
-
-    def _rendered(self, plan: Plan) -> str:
-        from fleetd.planning.rendering import render_text
-
-        return render_text(plan, self._paths)
 
 
 def _summary(plan: Plan, result: ApplyResult, elapsed_s: float, code: int) -> str:

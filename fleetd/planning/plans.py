@@ -334,16 +334,7 @@ def load_action(
     details: LoadDetails,
     depends_on: tuple[str, ...] = (),
 ) -> Action:
-    return Action(
-        ActionKind.LOAD,
-        reason,
-        node,
-        instance=instance,
-        replica=replica,
-        backend=backend,
-        depends_on=depends_on,
-        details=details,
-    )
+    return _launch_action(ActionKind.LOAD, instance, node, replica, backend, reason, details, depends_on)
 
 
 def restart_action(
@@ -356,8 +347,22 @@ def restart_action(
     details: RestartDetails,
     depends_on: tuple[str, ...] = (),
 ) -> Action:
+    return _launch_action(ActionKind.RESTART, instance, node, replica, backend, reason, details, depends_on)
+
+
+def _launch_action(  # noqa: PLR0917 - the two public builders above name every argument
+    kind: ActionKind,
+    instance: str,
+    node: str,
+    replica: int,
+    backend: str,
+    reason: Reason,
+    details: LoadDetails | RestartDetails,
+    depends_on: tuple[str, ...],
+) -> Action:
+    """A load or restart: both start a process of ``backend`` for one replica."""
     return Action(
-        ActionKind.RESTART,
+        kind,
         reason,
         node,
         instance=instance,
