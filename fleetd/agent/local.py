@@ -18,8 +18,8 @@ from fleetd.agent.installing import install_backend, installed_backends, install
 from fleetd.agent.node_facts import read_node_facts
 from fleetd.agent.ports import PortAllocator, PortsExhausted
 from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
-from fleetd.agent.vram_estimate import EstimateError, estimate_instance, startup_timeout_ms
-from fleetd.core.desired import BackendSpec, HealthPolicy, InstanceSpec
+from fleetd.agent.vram_estimate import EstimateError, estimate_instance
+from fleetd.core.desired import BackendSpec, HealthPolicy, InstanceSpec, startup_timeout_ms
 from fleetd.core.observed import ReplicaState
 from fleetd.runtimes import build_command
 from fleetd.transport.agent_api import (
@@ -75,6 +75,9 @@ class LocalAgent:
 
     def close(self, *, stop_replicas: bool = False) -> None:
         self._supervisor.close(stop_replicas=stop_replicas)
+
+    def alive(self) -> bool:
+        return self._supervisor.alive()
 
     def install_backend(self, backend: BackendSpec, *, progress: ProgressSink | None = None) -> InstallResult:
         return install_backend(backend, state_dir=self._state_dir, progress=progress)

@@ -144,6 +144,10 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def alive(self) -> bool:
+        """Whether the monitor thread still runs (what a watchdog reports)."""
+        return self._thread is not None and self._thread.is_alive()
+
     # commands -----------------------------------------------------------------------------------------------
 
     def start_replica(self, launch: Launch) -> ReplicaStatus:

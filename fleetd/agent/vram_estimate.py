@@ -41,8 +41,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".npz")
 """In order of preference: a directory holding several formats of the same weights counts only the first."""
 CONTEXT_OPTION = "ctx_size"
 
-STARTUP_BASE_MS = 5 * 60 * 1000
-STARTUP_MS_PER_GIB = 20 * 1000
 
 _GGUF_MAGIC = b"GGUF"
 _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -130,13 +128,6 @@ def estimate_weight_files(model: Path) -> VramEstimate:
     total = int(weights * WEIGHT_FILES_FACTOR)
     source = f"{len(files)} weight file{'s' if len(files) != 1 else ''} × {WEIGHT_FILES_FACTOR:g}"
     return VramEstimate(weights, 0, total - weights, total, source)
-
-
-def startup_timeout_ms(base_ms: int, model_bytes: int) -> int:
-    """A startup timeout that grows with the model (LocalAI's rule: 5 min + 20 s per GiB), never below
-    ``base_ms``: a large model on a slow disk is not declared failed while it is still loading."""
-    scaled = STARTUP_BASE_MS + STARTUP_MS_PER_GIB * max(model_bytes, 0) // GIB
-    return max(base_ms, scaled)
 
 
 def _has_gguf_magic(path: Path) -> bool:

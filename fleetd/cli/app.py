@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from fleetd.cli.agent_command import agent_command
 from fleetd.cli.apply_command import apply_command
 from fleetd.cli.common import EXIT_ERROR, EXIT_OK, print_invalid, redact_url, registry_errors, validity_summary
 from fleetd.cli.options import DatabaseUrl, PathsArg
@@ -156,6 +157,7 @@ app.command("plan")(plan_command)
 app.command("apply")(apply_command)
 app.command("status")(status_command)
 app.command("serve")(serve)
+app.command("agent")(agent_command)
 app.add_typer(replica_app, name="replica")
 
 

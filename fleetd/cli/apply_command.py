@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleetd.cli.common import EXIT_OK, error, fail, load_or_exit, out, registry_errors
-from fleetd.cli.options import DatabaseUrl
+from fleetd.cli.common import EXIT_OK, agent_access, error, fail, load_or_exit, out, registry_errors
+from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
 if TYPE_CHECKING:
     from fleetd.controlling.oneshot import ApplyResult
@@ -59,6 +59,10 @@ def apply_command(
         typer.Option("--lock-timeout", help="How long to wait for another fleetd's apply to finish."),
     ] = DEFAULT_LOCK_TIMEOUT,
     database_url: DatabaseUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    insecure: Insecure = False,
 ) -> None:
     """Make the fleet match the manifest. Exit 0 converged and healthy, 1 on error, 3 when applied but something is
     unhealthy or unschedulable."""
@@ -89,6 +93,7 @@ def apply_command(
         targets=tuple(targets or ()),
         allow_empty=allow_empty,
         lock_timeout_s=lock_timeout_s,
+        access=agent_access(tls_cert, tls_key, tls_ca, insecure),
     )
     printer = _Printer(loaded.paths, auto_approve=auto_approve)
     with registry_errors(database_url):

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from fleetd.controlling.opening import AgentAccess
     from fleetd.manifest.loading import LoadedManifest
+    from fleetd.transport.security import TlsFiles
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -102,3 +104,27 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    """The three TLS files, all or none (exit 1 naming what is missing)."""
+    from fleetd.transport.security import TlsFiles
+
+    given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        fail(f"mutual TLS needs --tls-cert, --tls-key and --tls-ca together; missing {', '.join(missing)}")
+    assert cert is not None and key is not None and ca is not None
+    return TlsFiles(cert, key, ca)
+
+
+def agent_access(cert: Path | None, key: Path | None, ca: Path | None, insecure: bool) -> AgentAccess:
+    """How a controller command reaches the agents (read only when the manifest's nodes have addresses)."""
+    from fleetd.controlling.opening import AgentAccess
+
+    files = tls_files(cert, key, ca)
+    if files is not None and insecure:
+        fail("give either --tls-cert/--tls-key/--tls-ca or --insecure, not both")
+    return AgentAccess(files, insecure)

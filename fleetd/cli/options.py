@@ -23,3 +23,36 @@ PathsArg = Annotated[
         help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
     ),
 ]
+
+TlsCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert",
+        envvar="FLEETD_TLS_CERT",
+        help="This process's certificate (PEM) for mutual TLS with the agents (with --tls-key and --tls-ca).",
+        show_default=False,
+    ),
+]
+TlsKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-key", envvar="FLEETD_TLS_KEY", help="The private key of --tls-cert (PEM).", show_default=False
+    ),
+]
+TlsCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-ca",
+        envvar="FLEETD_TLS_CA",
+        help="The CA that signed the peers' certificates (PEM).",
+        show_default=False,
+    ),
+]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        envvar="FLEETD_INSECURE",
+        help="Talk to agents without TLS (tests on one machine only; every log line says so).",
+    ),
+]

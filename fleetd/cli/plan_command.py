@@ -13,8 +13,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleetd.cli.common import EXIT_CHANGES, EXIT_OK, fail, load_or_exit, registry_errors, write_atomically
-from fleetd.cli.options import DatabaseUrl, PathsArg
+from fleetd.cli.common import (
+    EXIT_CHANGES,
+    EXIT_OK,
+    agent_access,
+    fail,
+    load_or_exit,
+    registry_errors,
+    write_atomically,
+)
+from fleetd.cli.options import DatabaseUrl, Insecure, PathsArg, TlsCa, TlsCert, TlsKey
 
 if TYPE_CHECKING:
     from fleetd.core.observed import ObservedState
@@ -55,6 +63,10 @@ def plan_command(
         ),
     ] = None,
     database_url: DatabaseUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    insecure: Insecure = False,
 ) -> None:
     """Show what apply would do. Exit 0 when nothing is to do, 2 when changes are pending, 1 on error."""
     from fleetd.controlling.oneshot import plan_fleet
@@ -62,6 +74,7 @@ def plan_command(
     from fleetd.planning.planner import PlanPolicy
     from fleetd.planning.plans import PlanRefused
     from fleetd.planning.rendering import render_json, render_markdown, render_text
+    from fleetd.transport.security import SecurityError
 
     loaded = load_or_exit(paths or [Path("fleet.yaml")])
     assert loaded.desired is not None
@@ -74,7 +87,10 @@ def plan_command(
                 policy=PlanPolicy(allow_empty=allow_empty),
                 revision=revision,
                 observed=observed,
+                access=agent_access(tls_cert, tls_key, tls_ca, insecure),
             ).plan
+    except SecurityError as exc:
+        fail(str(exc))
     except PlanRefused as exc:
         hint = "" if "--allow-empty" in str(exc) else "\nhint: pass --allow-empty to plan it anyway"
         fail(f"plan refused: {exc}{hint}")

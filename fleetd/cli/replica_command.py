@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-from fleetd.cli.common import EXIT_OK, error, fail, load_or_exit, out, registry_errors
-from fleetd.cli.options import DatabaseUrl
+from fleetd.cli.common import EXIT_OK, agent_access, error, fail, load_or_exit, out, registry_errors
+from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
 replica_app = typer.Typer(help="Act on replicas directly.", no_args_is_help=True)
 
@@ -30,7 +30,12 @@ def restart_command(
         list[Path] | None,
         typer.Option("--manifest", "-m", help="The manifest (default: fleet.yaml).", show_default=False),
     ] = None,
+    *,
     database_url: DatabaseUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    insecure: Insecure = False,
 ) -> None:
     """Restart replicas now (a failed one gets its restarts back). Exit 0 done or handed to the running serve,
     1 on error, 3 restarted but not healthy."""
@@ -43,7 +48,13 @@ def restart_command(
     loaded = load_or_exit(paths or [Path("fleet.yaml")])
     assert loaded.desired is not None
     with registry_errors(database_url):
-        result = restart_replicas(loaded.desired, instance, index, database_url=database_url)
+        result = restart_replicas(
+            loaded.desired,
+            instance,
+            index,
+            database_url=database_url,
+            access=agent_access(tls_cert, tls_key, tls_ca, insecure),
+        )
     if result.error is not None:
         raise typer.Exit(error(result.error))
     for line in result.lines:

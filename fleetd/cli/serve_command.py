@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from fleetd.cli.options import DatabaseUrl
+from fleetd.cli.common import agent_access
+from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
 EXIT_ERROR = 1
 
@@ -37,6 +38,10 @@ def serve(
     ] = False,
     database_url: DatabaseUrl = None,
     lease_ttl: Annotated[str, typer.Option("--lease-ttl", hidden=True)] = "15s",
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    insecure: Insecure = False,
 ) -> None:
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
     from fleetd.core.units import UnitError, parse_duration_ms
@@ -61,6 +66,7 @@ def serve(
         stop_on_exit=stop_on_exit,
         database_url=database_url,
         lease_ttl_s=ttl_ms / 1000,
+        access=agent_access(tls_cert, tls_key, tls_ca, insecure),
     )
     try:
         code = run_serve(options)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleetd.cli.common import EXIT_OK, load_or_exit, registry_errors
-from fleetd.cli.options import DatabaseUrl
+from fleetd.cli.common import EXIT_OK, agent_access, fail, load_or_exit, registry_errors
+from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
 if TYPE_CHECKING:
     from fleetd.controlling.status import FleetStatus
@@ -43,6 +43,10 @@ def status_command(
         StatusFormat.TEXT
     ),
     database_url: DatabaseUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    insecure: Insecure = False,
 ) -> None:
     """Show nodes and replicas, and whether the fleet matches the manifest (sync) and is healthy. Exit 0."""
     from fleetd.controlling.oneshot import status_fleet
@@ -56,8 +60,14 @@ def status_command(
         loaded = load_or_exit(manifest_paths)
         assert loaded.desired is not None
         manifest = Manifest(loaded.desired, loaded.paths, manifest_revision(loaded.paths))
+    from fleetd.transport.security import SecurityError
+
+    access = agent_access(tls_cert, tls_key, tls_ca, insecure)
     with registry_errors(database_url):
-        report = status_fleet(database_url, manifest)
+        try:
+            report = status_fleet(database_url, manifest, access)
+        except SecurityError as exc:
+            fail(str(exc))
     if report.holder is not None:
         sys.stderr.write(
             f"note: {report.holder} holds the controller lease; showing the fleet as it last recorded it\n"

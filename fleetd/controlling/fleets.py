@@ -39,10 +39,12 @@ class RecordedFleet:
 
     registry: Registry
     preview: Callable[[ObservedState], ObservedState] = field(default=lambda observed: observed)
+    readers: Mapping[str, AgentClient] = field(default_factory=dict)
+    """Agents asked only for ``vram: auto`` estimates (``fleetd plan`` in the distributed mode)."""
 
     @property
     def agents(self) -> Mapping[str, AgentClient]:
-        return {}
+        return self.readers
 
     def observe(self) -> ObservedState:
         return self.preview(self.registry.snapshot())

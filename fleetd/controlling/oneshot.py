@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from fleetd.controlling import leadership
 from fleetd.controlling.cycles import Planned, apply_once, plan_once, stale_reason
-from fleetd.controlling.embedded import EmbeddedFleet, open_embedded, preview_local_node
+from fleetd.controlling.embedded import preview_local_node
 from fleetd.controlling.fleets import RecordedFleet, SnapshotFleet
+from fleetd.controlling.opening import (
+    AgentAccess,
+    FenceSource,
+    OpenFleet,
+    estimate_readers,
+    no_fence,
+    open_fleet,
+)
 from fleetd.controlling.status import FleetStatus, Manifest, status_once
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ObservedState
@@ -27,8 +35,9 @@ from fleetd.executing.report import ActionOutcome
 from fleetd.planning.planner import PlanPolicy
 from fleetd.planning.plans import Plan, PlanRefused
 from fleetd.planning.targeting import only_targets
-from fleetd.registry.facade import open_registry
-from fleetd.transport.agent_api import InstallProgress
+from fleetd.registry.facade import Registry, open_registry
+from fleetd.transport.agent_api import CallerFence, InstallProgress
+from fleetd.transport.security import SecurityError
 
 
 def plan_fleet(
@@ -38,19 +47,28 @@ def plan_fleet(
     policy: PlanPolicy,
     revision: str | None,
     observed: ObservedState | None = None,
+    access: AgentAccess | None = None,
 ) -> Planned:
     """Plan against ``observed`` (a recorded snapshot) or the registry, starting no agent. On the default
     (embedded) registry, a manifest without ``nodes`` plans on this machine even before the first apply
-    registered it. Raises ``PlanRefused``; a database failure raises ``SQLAlchemyError``."""
+    registered it. With ``access`` and remote nodes, their agents estimate ``vram: auto`` (read-only calls).
+    Raises ``PlanRefused``; a database failure raises ``SQLAlchemyError``; ``SecurityError`` for ``access``."""
     if observed is not None:
         return plan_once(SnapshotFleet(observed), desired, policy=policy, revision=revision)
     registry = open_registry(database_url)
+    readers = estimate_readers(desired, access)
     try:
         preview = database_url is None and not desired.nodes_declared
-        fleet = RecordedFleet(registry, preview_local_node) if preview else RecordedFleet(registry)
+        fleet = RecordedFleet(registry, preview_local_node if preview else _unchanged, readers)
         return plan_once(fleet, desired, policy=policy, revision=revision)
     finally:
         registry.engine.dispose()
+        for reader in readers.values():
+            reader.close()
+
+
+def _unchanged(observed: ObservedState) -> ObservedState:
+    return observed
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +79,12 @@ class StatusReport:
     """Who holds the controller lease when it was not ours (the observation is then the registry's record)."""
 
 
-def status_fleet(database_url: str | None, manifest: Manifest | None) -> StatusReport:
-    """The fleet as the local agent sees it, taken under the controller lease; while another controller holds
-    the lease, the registry as that controller last recorded it, and its name."""
+def status_fleet(
+    database_url: str | None, manifest: Manifest | None, access: AgentAccess | None = None
+) -> StatusReport:
+    """The fleet as its agents see it, taken under the controller lease; while another controller holds the
+    lease, the registry as that controller last recorded it, and its name. Raises ``SecurityError`` when the
+    manifest's nodes have addresses and ``access`` cannot reach them."""
     registry = open_registry(database_url)
     try:
         try:
@@ -71,7 +92,11 @@ def status_fleet(database_url: str | None, manifest: Manifest | None) -> StatusR
         except leadership.LockBusy as busy:
             observed, status = status_once(RecordedFleet(registry), manifest)
             return StatusReport(observed, status, busy.holder or "another fleetd")
-        with leadership.renewed(registry, held), embedded_fleet(database_url) as fleet:
+        desired = manifest.desired if manifest is not None else None
+        with (
+            leadership.renewed(registry, held),
+            opened_fleet(desired, database_url, access or AgentAccess()) as fleet,
+        ):
             observed, status = status_once(fleet, manifest, observed=fleet.observe_settled())
             return StatusReport(observed, status, None)
     finally:
@@ -103,6 +128,8 @@ class ApplyRequest:
     targets: tuple[str, ...] = ()
     allow_empty: bool = False
     lock_timeout_s: float = 30.0
+    access: AgentAccess = field(default_factory=AgentAccess)
+    """How remote agents are reached, when the manifest's nodes have addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +158,18 @@ def apply_fleet(request: ApplyRequest, *, database_url: str | None, listener: Ap
             lease = leadership.acquire(registry, leadership.holder_id("apply"), timeout_s=request.lock_timeout_s)
         except leadership.LockBusy as exc:
             return ApplyResult(error=str(exc))
-        with leadership.renewed(registry, lease), embedded_fleet(database_url) as fleet:
-            result = apply_locked(fleet, request, lease, listener)
+        try:
+            with leading_fleet(registry, lease, request.desired, database_url, request.access) as fleet:
+                result = apply_locked(fleet, request, lease, listener)
+        except SecurityError as exc:
+            return ApplyResult(error=str(exc))
         return replace(result, lease_lost=lease.lost.is_set())
     finally:
         registry.engine.dispose()
 
 
 def apply_locked(
-    fleet: EmbeddedFleet,
+    fleet: OpenFleet,
     request: ApplyRequest,
     lease: leadership.HeldLease,
     listener: ApplyListener | None = None,
@@ -200,8 +230,30 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def embedded_fleet(database_url: str | None) -> Iterator[EmbeddedFleet]:
-    fleet = open_embedded(database_url=database_url)
+def leading_fleet(
+    registry: Registry,
+    lease: leadership.HeldLease,
+    desired: DesiredState,
+    database_url: str | None,
+    access: AgentAccess,
+) -> Iterator[OpenFleet]:
+    """The fleet, opened and used while ``lease`` is renewed; remote agents hear its fencing epoch (and no
+    epoch once the lease is lost, which every agent refuses)."""
+    held = CallerFence(lease.fence.epoch, lease.fence.holder)
+
+    def fence() -> CallerFence | None:
+        return None if lease.lost.is_set() else held
+
+    with leadership.renewed(registry, lease), opened_fleet(desired, database_url, access, fence) as fleet:
+        yield fleet
+
+
+@contextlib.contextmanager
+def opened_fleet(
+    desired: DesiredState | None, database_url: str | None, access: AgentAccess, fence: FenceSource = no_fence
+) -> Iterator[OpenFleet]:
+    """The fleet ``desired`` describes (``open_fleet``), closed at the end with its replicas left running."""
+    fleet = open_fleet(desired, database_url=database_url, access=access, fence=fence)
     try:
         yield fleet
     finally:

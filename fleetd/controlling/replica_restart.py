@@ -16,12 +16,14 @@ import socket
 from dataclasses import dataclass
 
 from fleetd.controlling import leadership
-from fleetd.controlling.oneshot import ApplyRequest, apply_locked, embedded_fleet
+from fleetd.controlling.oneshot import ApplyRequest, apply_locked, leading_fleet
+from fleetd.controlling.opening import AgentAccess
 from fleetd.core.desired import DesiredState
 from fleetd.core.names import NAME_PATTERN
 from fleetd.planning.plans import ActionKind
 from fleetd.registry import restart_requests
 from fleetd.registry.facade import open_registry
+from fleetd.transport.security import SecurityError
 
 _TARGET = re.compile(rf"^(?P<instance>{NAME_PATTERN.strip('^$')})(?:/(?P<index>\d+))?$")
 
@@ -47,7 +49,12 @@ def parse_target(target: str) -> tuple[str, int | None]:
 
 
 def restart_replicas(
-    desired: DesiredState, instance: str, index: int | None, *, database_url: str | None
+    desired: DesiredState,
+    instance: str,
+    index: int | None,
+    *,
+    database_url: str | None,
+    access: AgentAccess | None = None,
 ) -> RestartResult:
     if desired.instance(instance) is None:
         return RestartResult(error=f"no instance named {instance!r} in the manifest")
@@ -63,8 +70,11 @@ def restart_replicas(
             holder = busy.holder or "another fleetd"
             _wake(holder)
             return RestartResult(lines=_requested(marked), handed_to=holder)
-        with leadership.renewed(registry, lease), embedded_fleet(database_url) as fleet:
-            result = apply_locked(fleet, ApplyRequest(desired, targets=(instance,)), lease)
+        try:
+            with leading_fleet(registry, lease, desired, database_url, access or AgentAccess()) as fleet:
+                result = apply_locked(fleet, ApplyRequest(desired, targets=(instance,)), lease)
+        except SecurityError as exc:
+            return RestartResult(error=str(exc))
         if result.error is not None:
             return RestartResult(error=result.error)
         lines = tuple(

@@ -87,6 +87,19 @@ class HealthPolicy:
     failure_threshold: int = 3
 
 
+STARTUP_BASE_MS = 5 * 60 * 1000
+STARTUP_MS_PER_GIB = 20 * 1000
+
+
+def startup_timeout_ms(base_ms: int, model_bytes: int) -> int:
+    """A startup timeout that grows with the model (LocalAI's rule: 5 min + 20 s per GiB), never below
+    ``base_ms``: a large model on a slow disk is not declared failed while it is still loading. The agent
+    scales by the weights it reads; a controller waiting on a remote load scales by the VRAM the plan gave
+    (never less than the weights), so its deadline is never shorter than the agent's own wait."""
+    scaled = STARTUP_BASE_MS + STARTUP_MS_PER_GIB * max(model_bytes, 0) // 1024**3
+    return max(base_ms, scaled)
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutPolicy:
     max_unavailable: int = 0

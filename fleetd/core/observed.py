@@ -53,6 +53,9 @@ class ObservedNode:
     max_replicas_per_model: int = 1
     backends: tuple[str, ...] = ()
     approved: bool = False
+    last_error: str | None = None
+    """Why the node's agent did not answer the last observation (``None`` once it answers again); a reading,
+    not part of the fingerprint."""
 
     @property
     def free_vram(self) -> int:

@@ -18,13 +18,15 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from fleetd.controlling.embedded import EmbeddedFleet, open_embedded
+from fleetd.controlling.distributed import DistributedFleet, layout_of
+from fleetd.controlling.embedded import EmbeddedFleet
 from fleetd.controlling.leadership import Leadership
+from fleetd.controlling.opening import AgentAccess, OpenFleet, fleet_kind, open_fleet
 from fleetd.controlling.reconciling import CycleResult, Reconciler, summary_line
 from fleetd.controlling.sources import PathSource
 from fleetd.core.observed import ReplicaState
@@ -36,7 +38,8 @@ from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, 
 from fleetd.executing import Fence
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
-from fleetd.transport.agent_api import InstallProgress, ReplicaStatus
+from fleetd.transport.agent_api import CallerFence, InstallProgress, ReplicaStatus
+from fleetd.transport.security import INSECURE_MARK
 
 REPLICA_EVENT_GAP_S = 0.25
 """At most four cycles a second come from replica events (crash loops); manifest edits are not spaced."""
@@ -52,6 +55,8 @@ class ServeOptions:
     state_dir: Path | None = None
     lease_ttl_s: float = 15.0
     watch: bool = True
+    access: AgentAccess = field(default_factory=AgentAccess)
+    """How remote agents are reached, when the manifest's nodes have addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +84,9 @@ class Daemon:
         self._shown_problem: str | None = None
         self._ready_sent = False
         self._announced: set[tuple[str, int, str | None]] = set()
-        self._fleet: EmbeddedFleet | None = None
+        self._fleet: OpenFleet | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
+        self._fleet_kind: tuple[bool, str | None] | None = None
         self.metrics = Metrics()
         self.reconciler = Reconciler(
             PathSource(options.paths),
@@ -168,12 +174,9 @@ class Daemon:
             self._close_fleet(stop_replicas=False)  # another controller leads: it supervises the replicas
             self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards stay whole
             return
-        if self._fleet is None:
-            self._fleet = open_embedded(
-                self._state_dir, database_url=self._options.database_url, on_replica_change=self._replica_events
-            )
-        result = self.reconciler.cycle(self._fleet, fence)
-        replicas = self._fleet.agent.list_replicas()
+        fleet = self._open_fleet()
+        result = self.reconciler.cycle(fleet, fence)
+        replicas = _replicas_of(fleet, result)
         with self._lock:
             self._seen = _Seen(result, replicas)
             if result.report is not None:
@@ -185,6 +188,34 @@ class Daemon:
         self._announce(replicas)
         if not self._ready_sent:
             self._ready_sent = notify("READY=1") or True
+
+    def _open_fleet(self) -> OpenFleet:
+        """The fleet the manifest describes (embedded, or distributed when its nodes have addresses), reopened
+        when an edit switches between the two or changes which node is this machine."""
+        desired = self.reconciler.manifest.read().desired
+        kind = fleet_kind(desired)
+        if self._fleet is not None and kind != self._fleet_kind:
+            self._say("the manifest's nodes changed the fleet's layout: reopening it")
+            self._close_fleet(stop_replicas=False)
+        if self._fleet is None:
+            self._fleet = open_fleet(
+                desired,
+                database_url=self._options.database_url,
+                access=self._options.access,
+                fence=self._caller_fence,
+                state_dir=self._state_dir,
+                layout=lambda: layout_of(self.reconciler.desired),
+                on_replica_change=self._replica_events,
+            )
+            self._fleet_kind = kind
+            if kind[0]:
+                how = INSECURE_MARK if self._options.access.insecure else "over mutual TLS"
+                self._say(f"distributed fleet: agents reached {how}")
+        return self._fleet
+
+    def _caller_fence(self) -> CallerFence | None:
+        fence = self.leadership.fence
+        return CallerFence(fence.epoch, fence.holder) if fence is not None else None
 
     def _close_fleet(self, *, stop_replicas: bool) -> None:
         if self._fleet is not None:
@@ -336,6 +367,18 @@ def _report_json(reconciler: Reconciler) -> dict[str, Any] | None:
             for o in report.outcomes
         ],
     }
+
+
+def _replicas_of(fleet: OpenFleet, result: CycleResult) -> tuple[ReplicaStatus, ...]:
+    """The replicas as ``/status`` shows them: the embedded agent's own list (with pids), or in the
+    distributed mode what the cycle observed on every node."""
+    if isinstance(fleet, EmbeddedFleet):
+        return fleet.agent.list_replicas()
+    assert isinstance(fleet, DistributedFleet)
+    return tuple(
+        ReplicaStatus(r.instance, r.replica, r.state, r.config_hash, address=r.address, restarts=r.restarts)
+        for r in result.observed.replicas
+    )
 
 
 def serve(options: ServeOptions) -> int:

@@ -87,6 +87,7 @@ def observed_document(observed: ObservedState) -> dict[str, Any]:
                 "available_ram": n.available_ram,
                 "max_replicas_per_model": n.max_replicas_per_model,
                 "backends": list(n.backends),
+                **({"last_error": n.last_error} if n.last_error is not None else {}),
             }
             for n in state.nodes
         ],
@@ -175,6 +176,7 @@ def _node(data: Any, path: str) -> ObservedNode:
         max_replicas_per_model=obj.integer("max_replicas_per_model", 1, minimum=0),
         backends=tuple(sorted(backends)),
         approved=approved_raw,
+        last_error=obj.optional_string("last_error"),
     )
     obj.finish()
     return node

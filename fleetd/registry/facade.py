@@ -67,6 +67,10 @@ class Registry:
         with self.engine.begin() as conn:
             nodes.heartbeat(conn, beats, now_ms=self.clock())
 
+    def mark_unreachable(self, name: str, error: str) -> bool:
+        with self.engine.begin() as conn:
+            return nodes.mark_unreachable(conn, name, error, now_ms=self.clock())
+
     def mark_missed_heartbeats(self, *, unhealthy_after_ms: int, offline_after_ms: int) -> tuple[int, int]:
         with self.engine.begin() as conn:
             return nodes.mark_missed_heartbeats(

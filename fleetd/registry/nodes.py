@@ -130,6 +130,7 @@ def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> N
             available_ram=bindparam("b_ram"),
             last_heartbeat_ms=now_ms,
             updated_ms=now_ms,
+            last_error=None,
         ),
         [{"b_node": b.node, "b_vram": b.available_vram, "b_ram": b.available_ram} for b in beats],
     )
@@ -144,6 +145,21 @@ def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> N
         )
         .values(status=NodeStatus.HEALTHY.value)
     )
+
+
+def mark_unreachable(conn: Connection, name: str, error: str, *, now_ms: int) -> bool:
+    """The node's agent did not answer: keep why (``fleetd status`` shows it) and make a healthy node
+    ``unhealthy`` at once, so nothing new is placed there. Its replicas are not touched: they may well still be
+    serving, and only a node silent past the offline threshold has them re-placed. False for an unknown node."""
+    result = conn.execute(
+        update(nodes).where(nodes.c.name == name).values(last_error=error[:2000], updated_ms=now_ms)
+    )
+    conn.execute(
+        update(nodes)
+        .where(and_(nodes.c.name == name, nodes.c.status == NodeStatus.HEALTHY.value))
+        .values(status=NodeStatus.UNHEALTHY.value)
+    )
+    return bool(result.rowcount)
 
 
 def mark_missed_heartbeats(

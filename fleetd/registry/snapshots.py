@@ -55,6 +55,7 @@ def _nodes(conn: Connection) -> tuple[ObservedNode, ...]:
             nodes.c.available_ram,
             nodes.c.max_replicas_per_model,
             nodes.c.approved,
+            nodes.c.last_error,
         ).order_by(nodes.c.name)
     )
     return tuple(
@@ -71,6 +72,7 @@ def _nodes(conn: Connection) -> tuple[ObservedNode, ...]:
             max_replicas_per_model=slots,
             backends=tuple(backends.get(name, ())),
             approved=bool(approved),
+            last_error=last_error,
         )
         for (
             name,
@@ -83,6 +85,7 @@ def _nodes(conn: Connection) -> tuple[ObservedNode, ...]:
             available_ram,
             slots,
             approved,
+            last_error,
         ) in rows
     )
 

@@ -54,6 +54,7 @@ nodes = Table(
     Column("last_heartbeat_ms", BigInteger),
     Column("registered_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
+    Column("last_error", Text),
     CheckConstraint("reserved_vram >= 0", name="reserved_not_negative"),
     CheckConstraint(
         "status IN ('registering', 'pending', 'healthy', 'unhealthy', 'draining', 'offline')", name="status"

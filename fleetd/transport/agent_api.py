@@ -20,6 +20,18 @@ class AgentError(Exception):
     """An agent could not do what it was asked; the message says why and what to do."""
 
 
+class AgentFenced(AgentError):
+    """The agent refused a command: it has seen a newer controller's lease epoch (this controller was deposed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerFence:
+    """The lease a controller's commands carry to an agent: its epoch (and holder, for the agent's log)."""
+
+    epoch: int
+    holder: str
+
+
 @dataclass(frozen=True, slots=True)
 class LaunchRequest:
     """Everything an agent needs to start one replica. ``config_hash`` is the planner's hash of the launch

@@ -1,10 +1,10 @@
 """The ``AgentClient`` contract: what every implementation must do (DESIGN.md section 3).
 
 It runs against the in-process ``LocalAgent`` (real processes: the fake backend server, a vLLM-shaped process,
-installed as a binary backend, so the suite runs in seconds) and against the executor tests' ``FakeAgent``
-(its "processes" are pids it tracks). The gRPC client of the distributed mode joins the ``agent`` fixture's
-parameters and must pass the same tests. ``alive(pid)`` asks each implementation's own notion of a running
-process: the OS for the local agent, the fake's process table for the fake.
+installed as a binary backend, so the suite runs in seconds), against the executor tests' ``FakeAgent`` (its
+"processes" are pids it tracks), and against ``GrpcAgentClient`` talking real gRPC to a real ``fleetd agent``
+process on loopback. ``alive(pid)`` asks each implementation's own notion of a running process: the OS for the
+local and remote agents, the fake's process table for the fake.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.tools.tiny_gguf import write_tiny_model
-from fleetd.transport.agent_api import AgentClient, AgentError, LaunchRequest
+from fleetd.transport.agent_api import AgentClient, AgentError, CallerFence, LaunchRequest
+from fleetd.transport.grpc_client import GrpcAgentClient
+from fleetd.transport.security import INSECURE
+from tests.agent.remote import agent_process
 from tests.agent.support import fake_backend_executable, fake_manifest
 from tests.executing.fake_agent import CallLog, FakeAgent
 
@@ -58,11 +61,14 @@ class Subject:
     alive: Callable[[int], bool]
 
 
-@pytest.fixture(params=["local", "fake"])
+@pytest.fixture(params=["local", "fake", "grpc"])
 def subject(request: pytest.FixtureRequest, tmp_path: Path, tiny_model: Path) -> Iterator[Subject]:
     if request.param == "fake":
         fake = FakeAgent("node-1", CallLog(), models={str(tiny_model): TINY_MODEL_ESTIMATE})
         yield Subject(fake, lambda pid: pid in fake.processes)
+        return
+    if request.param == "grpc":
+        yield from _remote_subject(tmp_path)
         return
     local = LocalAgent("node-1", tmp_path / "state", stable_after_s=1.0)
     local.start()
@@ -156,6 +162,18 @@ def test_estimate_of_a_model_not_on_the_node_names_it(
     missing = dataclasses.replace(spec, model=str(tmp_path / "nowhere.gguf"), vram_bytes=None)
     with pytest.raises(AgentError, match=r"node node-1: cannot estimate the VRAM of chat: .*nowhere\.gguf"):
         agent.estimate(missing)
+
+
+def _remote_subject(tmp_path: Path) -> Iterator[Subject]:
+    remote = agent_process("node-1", tmp_path / "agents").start()
+    client = GrpcAgentClient("node-1", remote.address, INSECURE, fence=lambda: CallerFence(1, "contract"))
+    try:
+        yield Subject(client, _alive)
+    finally:
+        for replica in client.list_replicas():
+            client.unload(replica.instance, replica.replica, grace_s=5)
+        client.close()
+        assert remote.stop() == 0, remote.log()
 
 
 def _alive(pid: int) -> bool:

@@ -14,9 +14,8 @@ from fleetd.agent.vram_estimate import (
     EstimateError,
     estimate_instance,
     estimate_vram,
-    startup_timeout_ms,
 )
-from fleetd.core.desired import InstanceSpec
+from fleetd.core.desired import InstanceSpec, startup_timeout_ms
 from fleetd.tools.tiny_gguf import TINY, tensors, write_tiny_model
 
 MIB = 1024**2

@@ -1,0 +1,91 @@
+"""``fleetd agent``: the command line of the node agent (the daemon itself is ``fleetd.daemon.agent_daemon``).
+
+It checks the options (a bad one is one line naming it, exit 1), reads the facts and certificate files, sets
+up logging to stderr (journald adds the time) and runs the daemon until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleetd.cli.common import EXIT_ERROR, fail, tls_files
+from fleetd.cli.options import TlsCa, TlsCert, TlsKey
+
+
+def agent_command(
+    *,
+    node: Annotated[
+        str,
+        typer.Option(
+            "--node", envvar="FLEETD_NODE", help="This node's name, as the manifest's `nodes` declares it."
+        ),
+    ],
+    listen: Annotated[
+        str,
+        typer.Option(
+            "--listen",
+            envvar="FLEETD_AGENT_LISTEN",
+            help="HOST:PORT of the gRPC server (the manifest's address for this node).",
+        ),
+    ] = "127.0.0.1:7443",
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            envvar="FLEETD_AGENT_ADVERTISE",
+            help="HOST:PORT others reach this node at, when --listen binds 0.0.0.0 (replicas listen on its host).",
+            show_default=False,
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", envvar="FLEETD_STATE_DIR", help="Where the agent keeps its state.", show_default=False
+        ),
+    ] = None,
+    facts: Annotated[
+        Path | None,
+        typer.Option(
+            "--facts",
+            envvar="FLEETD_AGENT_FACTS",
+            help="JSON {gpu_vendor, total_vram, total_ram} replacing detected hardware (tests, GPUs NVML cannot read).",
+            show_default=False,
+        ),
+    ] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Serve without TLS (tests on one machine only; logged on every start)."),
+    ] = False,
+) -> None:
+    """Run this node's agent: supervise its replicas and take the controller's commands over gRPC."""
+    from fleetd.agent.node_facts import FactsFileError, read_facts_file
+    from fleetd.agent.server import ListenError
+    from fleetd.core.names import NAME_PATTERN
+    from fleetd.daemon.agent_daemon import AgentConfig, AgentConfigError, AgentDaemon
+    from fleetd.registry.engine import default_state_dir
+    from fleetd.transport.security import SecurityError, load_security
+
+    if not re.match(NAME_PATTERN, node):
+        fail(f"--node {node!r}: a node name is lower-case letters, digits, '.', '_' and '-' (as in the manifest)")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fleetd agent: %(message)s")
+    try:
+        security = load_security(tls_files(tls_cert, tls_key, tls_ca), insecure=insecure, who="fleetd agent")
+        declared = read_facts_file(facts) if facts is not None else None
+        config = AgentConfig(
+            node, listen, state_dir or default_state_dir(), security, advertise=advertise, facts=declared
+        )
+        daemon = AgentDaemon(config)
+        code = daemon.run()
+    except (SecurityError, FactsFileError, AgentConfigError, ListenError) as exc:
+        sys.stderr.write(f"error: fleetd agent: {exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+    raise typer.Exit(code)

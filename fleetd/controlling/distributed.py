@@ -1,0 +1,226 @@
+"""``DistributedFleet``: one controller driving many nodes, each through its ``fleetd agent`` (DESIGN.md §3).
+
+The manifest says which mode a fleet is in: a node declared with an ``address`` has an agent there, reached
+over gRPC (``GrpcAgentClient``). A fleet with such nodes is distributed; the one declared node without an
+address, if there is exactly one, is this machine, served by the in-process agent as in the embedded mode.
+
+``observe()`` asks every agent for its facts and replicas at once, on a thread pool, each call under its own
+deadline: a slow or hung node costs the observation at most that deadline and never delays the others. What a
+node answers is recorded exactly as the embedded agent's report is (a heartbeat, its backends, its replica
+rows). A node that does not answer keeps its rows, is marked ``unhealthy`` with the error (nothing new is
+placed there; ``fleetd status`` shows why), and only after ``offline_after_ms`` of silence is it ``offline``
+and its replicas re-placed. When more than half of the nodes fail together, the controller's own network is
+the likelier culprit: they are marked unhealthy but none is taken offline (Kubernetes' unhealthy-zone rule).
+
+``agents`` holds the nodes that answered the last observation, so an action for a silent node fails at once
+("not connected") instead of waiting on its deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fleetd.agent.local import LocalAgent
+from fleetd.controlling.embedded import SETTLE_TIMEOUT_S
+from fleetd.core.desired import DesiredState
+from fleetd.core.observed import ObservedState, ReplicaState
+from fleetd.executing.records import heartbeat, node_facts, replica_record
+from fleetd.registry.agent_reports import record_report, sync_replicas
+from fleetd.registry.facade import Registry
+from fleetd.registry.nodes import NodeFacts
+from fleetd.transport.agent_api import AgentClient, AgentError, CallerFence, NodeReport, ReplicaStatus
+from fleetd.transport.grpc_client import CALL_TIMEOUT_S, GrpcAgentClient
+from fleetd.transport.security import Security
+
+log = logging.getLogger("fleetd.controller")
+
+UNHEALTHY_AFTER_MS = 6_000
+OFFLINE_AFTER_MS = 20_000
+
+
+class LayoutError(ValueError):
+    """The manifest's nodes cannot be reached as declared; the message says which and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How the declared nodes are reached: ``remote`` (name, address) pairs over gRPC, and the node that this
+    machine's in-process agent serves (``None``: none)."""
+
+    remote: tuple[tuple[str, str], ...] = ()
+    local: str | None = None
+    unreachable: tuple[str, ...] = ()
+    """Declared nodes without an address that are not this machine: nothing can command them."""
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.remote)
+
+
+def layout_of(desired: DesiredState | None) -> Layout:
+    """Distributed when a declared node has an address; the in-process agent serves the one declared node
+    without an address (none when there are several: which one is this machine is then ambiguous)."""
+    if desired is None:
+        return Layout()
+    remote = tuple(sorted((n.name, n.address) for n in desired.nodes if n.address))
+    if not remote:
+        return Layout()
+    addressless = sorted(n.name for n in desired.nodes if not n.address)
+    if len(addressless) == 1:
+        return Layout(remote, addressless[0])
+    return Layout(remote, None, tuple(addressless))
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    node: str
+    report: NodeReport | None = None
+    replicas: tuple[ReplicaStatus, ...] = ()
+    error: str | None = None
+
+
+class DistributedFleet:
+    """The ``Fleet`` of the distributed mode. Used by one thread at a time (a cycle), like every fleet."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        security: Security,
+        *,
+        layout: Callable[[], Layout],
+        fence: Callable[[], CallerFence | None],
+        local: LocalAgent | None = None,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
+        offline_after_ms: int = OFFLINE_AFTER_MS,
+    ) -> None:
+        """``layout`` is read at every observation (``fleetd serve`` follows manifest edits); ``fence`` at
+        every mutating call; ``local`` serves ``layout().local`` in-process."""
+        self.registry = registry
+        self._security = security
+        self._layout = layout
+        self._fence = fence
+        self._local = local
+        self._call_timeout_s = call_timeout_s
+        self._unhealthy_after_ms = unhealthy_after_ms
+        self._offline_after_ms = offline_after_ms
+        self._clients: dict[str, GrpcAgentClient] = {}
+        self._answered: dict[str, AgentClient] = {}
+        self._facts: dict[str, NodeFacts] = {}
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleetd-observe")
+        self.errors: dict[str, str] = {}
+        """Why each node that did not answer the last observation did not (also in its registry row)."""
+
+    @property
+    def agents(self) -> Mapping[str, AgentClient]:
+        return dict(self._answered)
+
+    @property
+    def local(self) -> LocalAgent | None:
+        return self._local
+
+    def observe(self) -> ObservedState:
+        layout = self._layout()
+        self._follow(layout)
+        agents: dict[str, AgentClient] = dict(self._clients)
+        if self._local is not None and layout.local is not None:
+            agents[layout.local] = self._local
+        answers = list(self._pool.map(_ask, agents.values()))
+        self._answered = {a.node: agents[a.node] for a in answers if a.error is None}
+        for answer in answers:
+            self._record(answer, dict(layout.remote).get(answer.node))
+        self._sweep(failed=sum(1 for a in answers if a.error is not None), total=len(answers))
+        return self.registry.snapshot()
+
+    def observe_settled(self, *, timeout_s: float = SETTLE_TIMEOUT_S) -> ObservedState:
+        """``observe()`` once the in-process agent's adopted replicas had their first probe (see
+        ``EmbeddedFleet.observe_settled``); remote agents settle their own on start."""
+        deadline = time.monotonic() + timeout_s
+        while (
+            self._local is not None
+            and time.monotonic() < deadline
+            and any(r.state is ReplicaState.STARTING for r in self._local.list_replicas())
+        ):
+            time.sleep(0.05)  # polling the supervisor's verdict with a deadline
+        return self.observe()
+
+    def close(self, *, stop_replicas: bool = False) -> None:
+        """Close the channels and the in-process agent; remote agents and their replicas keep running."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        if self._local is not None:
+            self._local.close(stop_replicas=stop_replicas)
+        self.registry.engine.dispose()
+
+    # helpers --------------------------------------------------------------------------------------------------
+
+    def _follow(self, layout: Layout) -> None:
+        """One client per declared remote node, at its declared address (a changed address gets a new one)."""
+        wanted = dict(layout.remote)
+        for name in [n for n, c in self._clients.items() if wanted.get(n) != c.address]:
+            self._clients.pop(name).close()
+            self._facts.pop(name, None)
+        for name, address in wanted.items():
+            if name not in self._clients:
+                self._clients[name] = GrpcAgentClient(
+                    name, address, self._security, fence=self._fence, call_timeout_s=self._call_timeout_s
+                )
+        for name in layout.unreachable:
+            self.errors[name] = (
+                f"node {name} declares no address, and this controller serves only one node without one: "
+                "give it the address of its `fleetd agent`"
+            )
+
+    def _record(self, answer: _Answer, address: str | None) -> None:
+        if answer.error is not None:
+            if self.errors.get(answer.node) != answer.error:
+                log.warning("%s", answer.error)
+            self.errors[answer.node] = answer.error
+            self.registry.mark_unreachable(answer.node, answer.error)
+            return
+        assert answer.report is not None
+        if self.errors.pop(answer.node, None) is not None:
+            log.info("node %s answers again", answer.node)
+        facts = node_facts(answer.report)
+        known = self._facts.get(answer.node)
+        if known is None or (known.gpu_vendor, known.total_vram, known.total_ram) != (
+            facts.gpu_vendor,
+            facts.total_vram,
+            facts.total_ram,
+        ):
+            self.registry.register_node(answer.node, facts, address=address)
+            self._facts[answer.node] = facts
+        record_report(self.registry, heartbeat(answer.report), answer.report.backends)
+        sync_replicas(self.registry, answer.node, [replica_record(answer.node, s) for s in answer.replicas])
+
+    def _sweep(self, *, failed: int, total: int) -> None:
+        """Age silent nodes: unhealthy, then offline, unless most nodes went silent together."""
+        zone_outage = total > 1 and failed * 2 > total
+        if zone_outage:
+            log.warning(
+                "%d of %d nodes did not answer: suspecting this controller's network, not the nodes; none is "
+                "taken offline and nothing is re-placed until they answer",
+                failed,
+                total,
+            )
+        offline_after = self._offline_after_ms if not zone_outage else 10**15
+        self.registry.mark_missed_heartbeats(
+            unhealthy_after_ms=self._unhealthy_after_ms, offline_after_ms=offline_after
+        )
+
+
+def _ask(agent: AgentClient) -> _Answer:
+    """The node's facts and replicas, or why it did not answer (each call under the client's deadline)."""
+    try:
+        report = agent.health()
+        if report.node != agent.node:
+            raise AgentError(f"node {agent.node}: the agent there reports itself as node {report.node}")
+        return _Answer(agent.node, report, agent.list_replicas())
+    except AgentError as exc:
+        return _Answer(agent.node, error=str(exc))

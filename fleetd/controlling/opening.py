@@ -1,0 +1,92 @@
+"""Which fleet a controller opens for a manifest: embedded, or distributed (DESIGN.md section 3).
+
+A manifest none of whose nodes has an ``address`` runs embedded: one in-process agent, as before. A node
+with an address makes the fleet distributed: a ``GrpcAgentClient`` per addressed node, secured as
+``AgentAccess`` says (mutual TLS, or ``--insecure`` chosen out loud), and the in-process agent for the one
+declared node without an address, if any. ``plan``, ``apply``, ``status`` and ``serve`` all open their fleet
+here, so the mode never depends on which command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetd.agent.local import LocalAgent
+from fleetd.controlling.distributed import DistributedFleet, Layout, layout_of
+from fleetd.controlling.embedded import EmbeddedFleet, open_embedded
+from fleetd.core.desired import DesiredState
+from fleetd.executing.records import heartbeat, node_facts
+from fleetd.registry.agent_reports import record_report
+from fleetd.registry.engine import default_state_dir
+from fleetd.registry.facade import open_registry
+from fleetd.transport.agent_api import CallerFence
+from fleetd.transport.grpc_client import GrpcAgentClient
+from fleetd.transport.security import Security, TlsFiles, load_security
+
+OpenFleet = EmbeddedFleet | DistributedFleet
+FenceSource = Callable[[], CallerFence | None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAccess:
+    """How this controller reaches remote agents: its TLS files, or ``insecure``. Read only when the manifest
+    has remote nodes, so an embedded fleet needs neither."""
+
+    tls: TlsFiles | None = None
+    insecure: bool = False
+
+    def security(self) -> Security:
+        """Raises ``SecurityError`` naming the flags or the file."""
+        return load_security(self.tls, insecure=self.insecure, who="fleetd (the manifest's nodes have addresses)")
+
+
+def no_fence() -> CallerFence | None:
+    return None
+
+
+def open_fleet(
+    desired: DesiredState | None,
+    *,
+    database_url: str | None,
+    access: AgentAccess,
+    fence: FenceSource = no_fence,
+    state_dir: Path | None = None,
+    layout: Callable[[], Layout] | None = None,
+    on_replica_change: Callable[[], None] | None = None,
+) -> OpenFleet:
+    """The fleet ``desired`` describes. ``layout`` (default: ``desired``'s, fixed) is re-read by a distributed
+    fleet at each observation, so that ``serve`` follows edits of the nodes' addresses. Raises
+    ``SecurityError`` when remote nodes are declared and ``access`` cannot be used."""
+    initial = layout_of(desired)
+    if not initial.distributed:
+        return open_embedded(state_dir, database_url=database_url, on_replica_change=on_replica_change)
+    security = access.security()
+    state = state_dir or default_state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    registry = open_registry(database_url or f"sqlite:///{state / 'fleetd.db'}")
+    local = None
+    if initial.local is not None:
+        local = LocalAgent(initial.local, state, on_replica_change=on_replica_change)
+        local.start()
+        report = local.health()
+        registry.register_node(initial.local, node_facts(report))
+        registry.approve_node(initial.local)  # this machine: trusted by definition, as in the embedded mode
+        record_report(registry, heartbeat(report), report.backends)
+    return DistributedFleet(registry, security, layout=layout or (lambda: initial), fence=fence, local=local)
+
+
+def estimate_readers(desired: DesiredState, access: AgentAccess | None) -> dict[str, GrpcAgentClient]:
+    """Clients of the remote nodes for read-only calls (estimates), when ``access`` says how to reach them."""
+    layout = layout_of(desired)
+    if access is None or not layout.distributed or (access.tls is None and not access.insecure):
+        return {}
+    security = access.security()
+    return {name: GrpcAgentClient(name, address, security) for name, address in layout.remote}
+
+
+def fleet_kind(desired: DesiredState | None) -> tuple[bool, str | None]:
+    """What decides whether an open fleet still fits the manifest: distributed or not, and the local node."""
+    layout = layout_of(desired)
+    return (layout.distributed, layout.local if layout.distributed else None)

@@ -1,0 +1,113 @@
+"""``fleetd agent``: the process on every GPU node that the controller commands over gRPC (DESIGN.md §3).
+
+The wiring only: the same ``LocalAgent`` as the embedded mode (supervisor, probes, installer, adoption, VRAM
+estimates), the ``EpochGuard`` that fences deposed controllers, and the gRPC server. On start it adopts the
+replicas an earlier agent left running; SIGTERM/SIGINT stop the server and the supervisor and leave the
+replicas running for the next agent. The address actually bound is written to ``<state-dir>/agent/address``
+(``--listen HOST:0`` takes a free port), and systemd hears READY once the server answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from fleetd.agent.fencing import EpochGuard
+from fleetd.agent.local import LocalAgent
+from fleetd.agent.node_facts import DeclaredFacts
+from fleetd.agent.server import start_server
+from fleetd.daemon.sd_notify import notify, watchdog_interval_s
+from fleetd.transport.security import Security
+
+log = logging.getLogger("fleetd.agent")
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+class AgentConfigError(ValueError):
+    """The agent's options do not work together; the message names the option."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    listen: str
+    state_dir: Path
+    security: Security
+    advertise: str | None = None
+    facts: DeclaredFacts | None = None
+
+    @property
+    def replica_host(self) -> str:
+        """Where replicas listen: the host others reach this node at (``--advertise``, else ``--listen``)."""
+        host = split_address(self.advertise or self.listen)[0]
+        if host in WILDCARD_HOSTS:
+            raise AgentConfigError(
+                f"--listen {self.listen} binds every interface: give --advertise HOST:PORT, the address the "
+                "controller and the gateway reach this node at (replicas listen on that host)"
+            )
+        return host.strip("[]")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise AgentConfigError(f"address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:7443 or 127.0.0.1:0)")
+    return host, int(port)
+
+
+class AgentDaemon:
+    def __init__(self, config: AgentConfig) -> None:
+        split_address(config.listen)
+        self._config = config
+        self._stopping = threading.Event()
+        self.agent = LocalAgent(config.node, config.state_dir, host=config.replica_host, facts=config.facts)
+        self.guard = EpochGuard(config.node, config.state_dir / "agent")
+        self.address: str | None = None
+
+    def start(self) -> None:
+        """Adopt what an earlier agent left running, then serve; raises ``ListenError``."""
+        config = self._config
+        self.agent.start()
+        server = start_server(self.agent, self.guard, config.listen, config.security)
+        self._server = server
+        host = split_address(config.listen)[0]
+        self.address = f"{host}:{server.port}"
+        address_file = config.state_dir / "agent" / "address"
+        address_file.parent.mkdir(parents=True, exist_ok=True)
+        address_file.write_text(self.address + "\n")
+        adopted = len(self.agent.list_replicas())
+        how = "mutual TLS" if not config.security.insecure else "NO TLS: --insecure, for tests on one machine only"
+        line = f"node {config.node} serving on {self.address} ({how}); {adopted} replica(s) adopted"
+        if config.security.insecure:
+            log.warning("%s%s", config.security.mark, line)
+        else:
+            log.info("%s", line)
+        notify("READY=1")
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        self.start()
+        watchdog = watchdog_interval_s()
+        while not self._stopping.wait(watchdog or 1.0):
+            if watchdog is not None and self.agent.alive():
+                notify("WATCHDOG=1")
+        notify("STOPPING=1")
+        self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self) -> None:
+        """Stop serving and supervising; the replicas keep running (the next agent adopts them)."""
+        self._server.stop()
+        self.agent.close(stop_replicas=False)
+        log.info("%snode %s stopped; replicas left running", self._config.security.mark, self._config.node)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping.set()
