@@ -12,7 +12,7 @@ the replicas it runs, since nothing measures a declared GPU.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,7 +85,12 @@ class LocalAgent:
     def install_backend(self, backend: BackendSpec, *, progress: ProgressSink | None = None) -> InstallResult:
         return install_backend(backend, state_dir=self._state_dir, progress=progress)
 
-    def load(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+    def load(
+        self, request: LaunchRequest, *, timeout_s: float | None = None, secrets: Mapping[str, str] | None = None
+    ) -> ReplicaStatus:
+        """``secrets``: values for the instance's ``${env:NAME}`` references, resolved by the controller and
+        sent with the load; the supervisor keeps them in memory only (see ``Supervisor.start_replica``). A
+        replica that already runs with this config keeps the values it was started with."""
         key = (request.spec.name, request.replica)
         with self._lock_for(key):
             current = self._supervisor.get(*key)
@@ -97,15 +102,18 @@ class LocalAgent:
                 return self._wait(request, timeout_s)
             if current is not None:
                 self._supervisor.stop(*key)
-            self._supervisor.start_replica(self._launch(request))
+            self._supervisor.start_replica(self._launch(request), secrets=secrets)
             return self._wait(request, timeout_s)
 
-    def restart(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
-        """Stop, then start with the new config (the planner reserved room for both when it chose surge)."""
+    def restart(
+        self, request: LaunchRequest, *, timeout_s: float | None = None, secrets: Mapping[str, str] | None = None
+    ) -> ReplicaStatus:
+        """Stop, then start with the new config (the planner reserved room for both when it chose surge);
+        ``secrets`` as in ``load``."""
         key = (request.spec.name, request.replica)
         with self._lock_for(key):
             self._supervisor.stop(*key)
-            self._supervisor.start_replica(self._launch(request))
+            self._supervisor.start_replica(self._launch(request), secrets=secrets)
             return self._wait(request, timeout_s)
 
     def unload(self, instance: str, replica: int, *, grace_s: float = 10.0) -> bool:
