@@ -4,18 +4,21 @@ It turns the executor's commands into work for this node's supervisor: a ``load`
 installed executable, takes a port, builds the argv (``fleetd.runtimes``; nothing here branches on backend
 type) and waits until the replica is healthy or failed. Every command is idempotent: loading a replica that
 already runs with the same config hash returns it; unloading one that is gone answers ``False``.
+
+With declared facts (``--facts``) its health report is the declared hardware; the free VRAM is then counted from
+the replicas it runs, since nothing measures a declared GPU.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from fleetd.agent.estimates import VramEstimates
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
-from fleetd.agent.node_facts import read_node_facts
+from fleetd.agent.node_facts import DeclaredFacts, declared_report, read_node_facts, read_ram
 from fleetd.agent.ports import PortAllocator, PortsExhausted
 from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
 from fleetd.agent.vram_estimate import EstimateError, estimate_instance
@@ -48,9 +51,12 @@ class LocalAgent:
         prober: Prober = default_prober,
         stable_after_s: float = 60.0,
         on_replica_change: Callable[[], None] | None = None,
+        facts: DeclaredFacts | None = None,
     ) -> None:
-        """``on_replica_change``: called when a replica's state changes (see ``Supervisor``)."""
+        """``on_replica_change``: called when a replica's state changes (see ``Supervisor``). ``facts``: the
+        hardware ``--facts`` declares, reported in place of what NVML and psutil detect."""
         self._node = node
+        self._facts = facts
         self._state_dir = state_dir
         self._host = host
         self._ports = ports or PortAllocator(host=host)
@@ -82,7 +88,12 @@ class LocalAgent:
     def install_backend(self, backend: BackendSpec, *, progress: ProgressSink | None = None) -> InstallResult:
         return install_backend(backend, state_dir=self._state_dir, progress=progress)
 
-    def load(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
+    def load(
+        self, request: LaunchRequest, *, timeout_s: float | None = None, secrets: Mapping[str, str] | None = None
+    ) -> ReplicaStatus:
+        """``secrets``: values for the instance's ``${env:NAME}`` references, resolved by the controller and
+        sent with the load; the supervisor keeps them in memory only (see ``Supervisor.start_replica``). A
+        replica that already runs with this config keeps the values it was started with."""
         key = (request.spec.name, request.replica)
         with self._lock_for(key):
             current = self._supervisor.get(*key)
@@ -94,15 +105,18 @@ class LocalAgent:
                 return self._wait(request, timeout_s)
             if current is not None:
                 self._supervisor.stop(*key)
-            self._supervisor.start_replica(self._launch(request))
+            self._supervisor.start_replica(self._launch(request), secrets=secrets)
             return self._wait(request, timeout_s)
 
-    def restart(self, request: LaunchRequest, *, timeout_s: float | None = None) -> ReplicaStatus:
-        """Stop, then start with the new config (the planner reserved room for both when it chose surge)."""
+    def restart(
+        self, request: LaunchRequest, *, timeout_s: float | None = None, secrets: Mapping[str, str] | None = None
+    ) -> ReplicaStatus:
+        """Stop, then start with the new config (the planner reserved room for both when it chose surge);
+        ``secrets`` as in ``load``."""
         key = (request.spec.name, request.replica)
         with self._lock_for(key):
             self._supervisor.stop(*key)
-            self._supervisor.start_replica(self._launch(request))
+            self._supervisor.start_replica(self._launch(request), secrets=secrets)
             return self._wait(request, timeout_s)
 
     def unload(self, instance: str, replica: int, *, grace_s: float = 10.0) -> bool:
@@ -113,7 +127,15 @@ class LocalAgent:
         return self._supervisor.list()
 
     def health(self) -> NodeReport:
-        report = read_node_facts(self._node, backends=installed_backends(state_dir=self._state_dir))
+        backends = installed_backends(state_dir=self._state_dir)
+        if self._facts is not None:
+            # A failed replica's process is gone and holds nothing; one waiting to restart will hold it again.
+            held = sum(r.vram_bytes for r in self._supervisor.list() if r.state is not ReplicaState.FAILED)
+            report = declared_report(
+                self._node, self._facts, replicas_vram=held, backends=backends, available_ram=read_ram().available
+            )
+        else:
+            report = read_node_facts(self._node, backends=backends)
         self._gpu_vendor = report.gpu_vendor
         return report
 

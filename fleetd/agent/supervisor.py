@@ -12,7 +12,10 @@ What it started is written to ``<state>/replicas/<instance>.<replica>.json`` (pi
 port) before anything else happens, so an agent started again after SIGKILL adopts the processes that still
 run and match all three (the pid and start time exactly; the arguments after the executable, since a script's
 interpreter shows in its command line), and restarts the ones that died: no orphan, no duplicate. Secrets are never written:
-the environment is kept as its templates and resolved again from the agent's environment on a restart.
+the environment is kept as its templates, resolved at each start from the values the controller sent with the
+load (``start_replica``'s ``secrets``, held in memory only, dropped when the replica stops) and then from the
+agent's environment. An agent started again has no sent values, so its restarts of adopted replicas read the
+agent's environment alone.
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ class Launch:
     backend_type: BackendType
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
-    """Environment to add, as templates: ``${env:NAME}`` references are resolved from the agent's environment
-    at each start, so the state file never holds a secret value."""
+    """Environment to add, as templates: ``${env:NAME}`` references are resolved at each start (from the
+    values sent with the load, else the agent's environment), so the state file never holds a secret value."""
     host: str
     port: int
     config_hash: str
@@ -71,6 +74,17 @@ class Launch:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Secrets:
+    """Values for ``${env:NAME}`` references, sent by the controller with a load. Its repr names the
+    variables, never their values, so a debug print or a traceback's locals cannot leak one."""
+
+    values: Mapping[str, str] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"_Secrets(names={sorted(self.values)!r})"
 
 
 @dataclass(slots=True)
@@ -121,6 +135,8 @@ class Supervisor:
         self._tick_s = tick_s
         self._log_max_bytes = log_max_bytes
         self._replicas: dict[tuple[str, int], _Replica] = {}
+        self._secrets: dict[tuple[str, int], _Secrets] = {}
+        """Per replica, the values sent with its load: in memory only, never in ``_Replica`` (nor its state file)."""
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -150,12 +166,18 @@ class Supervisor:
 
     # commands -----------------------------------------------------------------------------------------------
 
-    def start_replica(self, launch: Launch) -> ReplicaStatus:
-        """Start a replica (the caller checked no other process holds its key)."""
+    def start_replica(self, launch: Launch, *, secrets: Mapping[str, str] | None = None) -> ReplicaStatus:
+        """Start a replica (the caller checked no other process holds its key). ``secrets``: values for the
+        launch's ``${env:NAME}`` references, taken before the agent's environment, on this start and on the
+        supervisor's restarts of the replica, until it is stopped; kept in memory only."""
         with self._lock:
             log_path = self._dir / f"{launch.instance}.{launch.replica}.log"
             replica = _Replica(launch, log_path)
             self._replicas[launch.key] = replica
+            if secrets:
+                self._secrets[launch.key] = _Secrets(dict(secrets))
+            else:
+                self._secrets.pop(launch.key, None)
             self._spawn(replica)
             return self._status(replica)
 
@@ -184,6 +206,7 @@ class Supervisor:
         self._terminate(found, grace_s)
         with self._changed:
             self._replicas.pop((instance, replica), None)
+            self._secrets.pop((instance, replica), None)
             self._ports.release(found.launch.port)
             self._state_file(found.launch).unlink(missing_ok=True)
             self._changed.notify_all()
@@ -321,12 +344,16 @@ class Supervisor:
     def _spawn(self, replica: _Replica) -> None:
         launch = replica.launch
         env = dict(os.environ)
+        sent = self._secrets.get(launch.key)
+        source: Mapping[str, str] = {**os.environ, **sent.values} if sent is not None else os.environ
         try:
-            env.update({key: expand(template, os.environ) for key, template in launch.env})
+            env.update({key: expand(template, source) for key, template in launch.env})
         except KeyError as exc:
             replica.restart_at = None
             replica.state = ReplicaState.FAILED
-            replica.last_error = f"environment variable {exc.args[0]} is not set on this node"
+            replica.last_error = (
+                f"environment variable {exc.args[0]} was not sent by the controller and is not set on this node"
+            )
             self._changed.notify_all()
             return
         env.update({"PORT": str(launch.port), "HOST": launch.host})
