@@ -58,6 +58,10 @@ def agent_command(
             show_default=False,
         ),
     ] = None,
+    ports: Annotated[
+        str,
+        typer.Option("--ports", envvar="FLEETD_AGENT_PORTS", help="FIRST-LAST: the ports replicas listen on."),
+    ] = "41000-41999",
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -70,7 +74,7 @@ def agent_command(
     from fleetd.agent.node_facts import FactsFileError, read_facts_file
     from fleetd.agent.server import ListenError
     from fleetd.core.names import NAME_PATTERN
-    from fleetd.daemon.agent_daemon import AgentConfig, AgentConfigError, AgentDaemon
+    from fleetd.daemon.agent_daemon import AgentConfig, AgentConfigError, AgentDaemon, parse_ports
     from fleetd.registry.engine import default_state_dir
     from fleetd.transport.security import SecurityError, load_security
 
@@ -81,7 +85,13 @@ def agent_command(
         security = load_security(tls_files(tls_cert, tls_key, tls_ca), insecure=insecure, who="fleetd agent")
         declared = read_facts_file(facts) if facts is not None else None
         config = AgentConfig(
-            node, listen, state_dir or default_state_dir(), security, advertise=advertise, facts=declared
+            node,
+            listen,
+            state_dir or default_state_dir(),
+            security,
+            advertise=advertise,
+            facts=declared,
+            ports=parse_ports(ports),
         )
         daemon = AgentDaemon(config)
         code = daemon.run()

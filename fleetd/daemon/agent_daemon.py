@@ -19,6 +19,7 @@ from types import FrameType
 from fleetd.agent.fencing import EpochGuard
 from fleetd.agent.local import LocalAgent
 from fleetd.agent.node_facts import DeclaredFacts
+from fleetd.agent.ports import DEFAULT_RANGE
 from fleetd.agent.server import start_server
 from fleetd.daemon.sd_notify import notify, watchdog_interval_s
 from fleetd.transport.security import Security
@@ -39,6 +40,8 @@ class AgentConfig:
     security: Security
     advertise: str | None = None
     facts: DeclaredFacts | None = None
+    ports: tuple[int, int] = DEFAULT_RANGE
+    """The replicas' port range (open it in the node's firewall to the gateway)."""
 
     @property
     def replica_host(self) -> str:
@@ -50,6 +53,14 @@ class AgentConfig:
                 "controller and the gateway reach this node at (replicas listen on that host)"
             )
         return host.strip("[]")
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """``FIRST-LAST``, both within 1..65535 and in order."""
+    first, sep, last = text.partition("-")
+    if not sep or not first.isdigit() or not last.isdigit() or not 1 <= int(first) <= int(last) <= 65535:
+        raise AgentConfigError(f"--ports {text!r}: expected FIRST-LAST within 1-65535 (e.g. 41000-41999)")
+    return int(first), int(last)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -93,11 +93,16 @@ def agent_process(
     facts: Mapping[str, object] | None = None,
     tls: TlsFiles | None = None,
     env: Mapping[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> AgentProcess:
-    """An agent for ``node`` under ``root/node`` (not started): ``--insecure`` unless ``tls`` is given."""
+    """An agent for ``node`` under ``root/node`` (not started): ``--insecure`` unless ``tls`` is given. Agents
+    sharing this machine need ``ports`` ranges of their own: a port one agent just chose may not be bound yet
+    when another agent's free-port check runs."""
     state = root / node
     state.mkdir(parents=True, exist_ok=True)
     args = ["--state-dir", str(state)]
+    if ports is not None:
+        args += ["--ports", f"{ports[0]}-{ports[1]}"]
     if facts is not None:
         facts_path = state / "facts.json"
         facts_path.write_text(json.dumps(facts))

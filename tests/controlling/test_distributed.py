@@ -148,7 +148,10 @@ def placement(observed: ObservedState) -> dict[str, list[str]]:
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     monkeypatch.setenv("FLEETD_STATE_DIR", str(tmp_path / "controller"))
-    agents = {name: agent_process(name, tmp_path / "agents", facts=FACTS[name]) for name in FACTS}
+    agents = {
+        name: agent_process(name, tmp_path / "agents", facts=FACTS[name], ports=(43000 + 100 * i, 43099 + 100 * i))
+        for i, name in enumerate(FACTS)
+    }
     try:
         for agent in agents.values():
             agent.start()

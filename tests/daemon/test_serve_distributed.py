@@ -33,10 +33,11 @@ def agents(tmp_path: Path) -> Iterator[tuple[list[AgentProcess], TlsFiles]]:
         agent_process(
             name,
             tmp_path / "agents",
+            ports=(43400 + 100 * i, 43499 + 100 * i),
             tls=issue(ca, tmp_path / "pki", name),
             facts={"total_vram": "8GiB", "gpu_vendor": "nvidia", "total_ram": "16GiB"},
         )
-        for name in ("gpu-a", "gpu-b")
+        for i, name in enumerate(("gpu-a", "gpu-b"))
     ]
     try:
         for node in nodes:

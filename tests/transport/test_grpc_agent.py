@@ -58,6 +58,7 @@ def remote(tmp_path: Path) -> Iterator[AgentProcess]:
 
 def client(address: str, epoch: int | None, *, node: str = "node-1", **kwargs: object) -> GrpcAgentClient:
     fence = None if epoch is None else CallerFence(epoch, f"controller-{epoch}")
+    kwargs.setdefault("environ", {"FLEETD_TEST_CHAT_TOKEN": SECRET})
     return GrpcAgentClient(node, address, INSECURE, fence=lambda: fence, **kwargs)  # type: ignore[arg-type]
 
 
@@ -109,7 +110,9 @@ def test_a_dead_address_fails_within_the_deadline_with_the_address() -> None:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     started = time.monotonic()
-    with pytest.raises(AgentError, match=rf"node node-1 \({address}\): cannot reach the agent for health"):
+    with pytest.raises(
+        AgentError, match=rf"node node-1 \(\[insecure: no TLS\] {address}\): cannot reach the agent for health"
+    ):
         client(address, 1, call_timeout_s=2.0).health()
     assert time.monotonic() - started < 2.0 + 1.0
 
