@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from fleetd.agent.local import LocalAgent
+from fleetd.agent.ports import PortAllocator
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.transport.agent_api import LaunchRequest, ReplicaStatus
@@ -54,7 +55,12 @@ def request(tmp_path: Path, marker: str) -> LaunchRequest:
 
 
 def started_agent(tmp_path: Path, req: LaunchRequest) -> LocalAgent:
-    agent = LocalAgent("node-1", tmp_path / "state", stable_after_s=2.0)
+    """An agent whose ports come from a random block of 50: every agent's default range starts at 41000, so
+    test runs side by side on one machine would otherwise give two replicas one port, and one agent's probe
+    would find the other's server healthy while its own replica died of "address already in use"."""
+    first = 42000 + 50 * (uuid.uuid4().int % 300)
+    ports = PortAllocator(first, first + 49)
+    agent = LocalAgent("node-1", tmp_path / "state", ports=ports, stable_after_s=2.0)
     agent.start()
     agent.install_backend(req.backend)
     return agent
