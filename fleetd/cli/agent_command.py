@@ -81,6 +81,7 @@ def agent_command(
     if not re.match(NAME_PATTERN, node):
         fail(f"--node {node!r}: a node name is lower-case letters, digits, '.', '_' and '-' (as in the manifest)")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fleetd agent: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would drown what happened
     try:
         security = load_security(tls_files(tls_cert, tls_key, tls_ca), insecure=insecure, who="fleetd agent")
         declared = read_facts_file(facts) if facts is not None else None

@@ -19,7 +19,7 @@ from types import FrameType
 from fleetd.agent.fencing import EpochGuard
 from fleetd.agent.local import LocalAgent
 from fleetd.agent.node_facts import DeclaredFacts
-from fleetd.agent.ports import DEFAULT_RANGE
+from fleetd.agent.ports import DEFAULT_RANGE, PortAllocator
 from fleetd.agent.server import start_server
 from fleetd.daemon.sd_notify import notify, watchdog_interval_s
 from fleetd.transport.security import Security
@@ -75,7 +75,9 @@ class AgentDaemon:
         split_address(config.listen)
         self._config = config
         self._stopping = threading.Event()
-        self.agent = LocalAgent(config.node, config.state_dir, host=config.replica_host, facts=config.facts)
+        host = config.replica_host
+        allocator = PortAllocator(*config.ports, host=host)
+        self.agent = LocalAgent(config.node, config.state_dir, host=host, ports=allocator, facts=config.facts)
         self.guard = EpochGuard(config.node, config.state_dir / "agent")
         self.address: str | None = None
 
