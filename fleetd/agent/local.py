@@ -93,7 +93,7 @@ class LocalAgent:
     ) -> ReplicaStatus:
         """``secrets``: values for the instance's ``${env:NAME}`` references, resolved by the controller and
         sent with the load; the supervisor keeps them in memory only (see ``Supervisor.start_replica``). A
-        replica that already runs with this config keeps the values it was started with."""
+        replica that already runs with this config keeps running; the values sent now serve its next restart."""
         key = (request.spec.name, request.replica)
         with self._lock_for(key):
             current = self._supervisor.get(*key)
@@ -102,6 +102,7 @@ class LocalAgent:
                 and current.config_hash == request.config_hash
                 and current.state is not ReplicaState.FAILED
             ):
+                self._supervisor.remember_secrets(*key, secrets or {})
                 return self._wait(request, timeout_s)
             if current is not None:
                 self._supervisor.stop(*key)

@@ -181,6 +181,13 @@ class Supervisor:
             self._spawn(replica)
             return self._status(replica)
 
+    def remember_secrets(self, instance: str, replica: int, secrets: Mapping[str, str]) -> None:
+        """Keep ``secrets`` for a replica that already runs (an adopted one lost them with the previous agent),
+        for the supervisor's next restart of it."""
+        with self._lock:
+            if (instance, replica) in self._replicas and secrets:
+                self._secrets[(instance, replica)] = _Secrets(dict(secrets))
+
     def wait(self, instance: str, replica: int, *, timeout_s: float) -> ReplicaStatus | None:
         """Wait until the replica is running, unhealthy or failed (or ``timeout_s``); ``None`` if unknown."""
         deadline = time.monotonic() + timeout_s

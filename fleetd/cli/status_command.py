@@ -91,6 +91,10 @@ def render_status_text(observed: ObservedState, status: FleetStatus) -> str:
     lines += ["Nodes:", *_table(("NAME", "STATUS", "GPU", "FREE / TOTAL", "BACKENDS"), node_rows)]
     if not node_rows:
         lines.append("  (none)")
+    unreachable = [n for n in observed.nodes if n.last_error]
+    if unreachable:
+        lines += ["", "Node errors (nothing new is placed on these nodes until their agent answers):"]
+        lines += [f"  {n.name}: {' '.join(n.last_error.split())}" for n in unreachable if n.last_error]
     replica_rows = [_replica_row(r) for r in observed.replicas]
     lines += [
         "",

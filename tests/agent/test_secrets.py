@@ -159,3 +159,34 @@ def test_an_agent_started_again_has_no_sent_secret_for_its_restarts(tmp_path: Pa
             second.close(stop_replicas=True)
     finally:
         first.close(stop_replicas=True)
+
+
+def test_a_load_of_an_adopted_replica_gives_its_restarts_the_value_again(tmp_path: Path, marker: str) -> None:
+    """The controller's next load of a replica that already runs (same config) leaves the process alone and
+    hands the agent the value for the replica's next restart."""
+    req = request(tmp_path, marker)
+    first = started_agent(tmp_path, req)
+    try:
+        loaded = first.load(req, secrets={NAME: VALUE})
+        assert loaded.state is ReplicaState.RUNNING and loaded.pid is not None, loaded.last_error
+        first.close()
+        second = started_agent(tmp_path, req)
+        try:
+            wait_for(
+                lambda: in_state(second, ReplicaState.RUNNING), timeout_s=15, what="the replica to be adopted"
+            )
+            same = second.load(req, secrets={NAME: VALUE})
+            assert same.pid == loaded.pid, "a load of a running replica starts nothing"
+            os.kill(loaded.pid, signal.SIGKILL)
+
+            def restarted() -> ReplicaStatus | None:
+                now = status(second)
+                return now if now.state is ReplicaState.RUNNING and now.pid not in (None, loaded.pid) else None
+
+            again = wait_for(restarted, timeout_s=15, what="the supervisor to restart the replica")
+            assert again.pid is not None
+            assert psutil.Process(again.pid).environ()["TOKEN"] == VALUE
+        finally:
+            second.close(stop_replicas=True)
+    finally:
+        first.close(stop_replicas=True)

@@ -136,3 +136,20 @@ def test_a_directory_outside_git_has_no_revision(fleet: Fleet, tmp_path: Path) -
         pytest.skip("the test directory is inside a git checkout")
     assert fleet.status_json()["status"]["revision"] is None
     assert "(not in a git checkout)" in fleet.run("status").stdout
+
+
+def test_the_text_names_a_node_whose_agent_did_not_answer() -> None:
+    from fleetd.cli.status_command import render_status_text
+    from fleetd.controlling.status import FleetStatus, Health
+    from fleetd.core.observed import NodeStatus, ObservedNode, ObservedState
+
+    error = "node gpu-b (10.0.0.6:7443): health got no answer within 5 s; the agent may be hung or overloaded"
+    observed = ObservedState(
+        nodes=(
+            ObservedNode("gpu-a", NodeStatus.HEALTHY, approved=True),
+            ObservedNode("gpu-b", NodeStatus.UNHEALTHY, approved=True, last_error=error),
+        )
+    )
+    text = render_status_text(observed, FleetStatus(Health.HEALTHY))
+    assert f"  gpu-b: {error}" in text
+    assert "gpu-a:" not in text

@@ -1,5 +1,8 @@
 """Nodes carry why their agent did not answer the last observation (the distributed mode's command path).
 
+Plain ``ALTER TABLE`` both ways, on SQLite too: a batch migration copies ``nodes`` and drops the original, and
+that drop cascades to the replica rows.
+
 Revision ID: 0006
 Revises: 0005
 """
@@ -16,10 +19,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("nodes") as batch:
-        batch.add_column(sa.Column("last_error", sa.Text()))
+    op.add_column("nodes", sa.Column("last_error", sa.Text()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("nodes") as batch:
-        batch.drop_column("last_error")
+    # Not a batch (copy-and-rename) on SQLite: dropping the old ``nodes`` table would cascade to every replica
+    # row (foreign keys are on). SQLite has dropped columns in place since 3.35.
+    op.execute("ALTER TABLE nodes DROP COLUMN last_error")
