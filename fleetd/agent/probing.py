@@ -70,6 +70,12 @@ def probe(address: str, spec: ProbeSpec, backend_type: BackendType, *, timeout_s
     return ProbeResult(ProbeOutcome.HEALTHY, in_flight=in_flight, detail=_describe(response))
 
 
+def warm_up() -> None:
+    """Build the probes' client now (tens of milliseconds: an SSL context), so that a fresh ``fleetd agent``'s
+    first load does not pay it while the controller waits."""
+    _client()
+
+
 @functools.cache
 def _client() -> httpx.Client:
     """The probes' client, built on first use (an httpx client is safe to share between threads; two threads

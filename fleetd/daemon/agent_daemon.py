@@ -20,6 +20,7 @@ from fleetd.agent.fencing import EpochGuard
 from fleetd.agent.local import LocalAgent
 from fleetd.agent.node_facts import DeclaredFacts
 from fleetd.agent.ports import DEFAULT_RANGE, PortAllocator
+from fleetd.agent.probing import warm_up
 from fleetd.agent.server import start_server
 from fleetd.daemon.sd_notify import notify, watchdog_interval_s
 from fleetd.transport.security import Security
@@ -84,6 +85,7 @@ class AgentDaemon:
     def start(self) -> None:
         """Adopt what an earlier agent left running, then serve; raises ``ListenError``."""
         config = self._config
+        warm_up()
         self.agent.start()
         server = start_server(self.agent, self.guard, config.listen, config.security)
         self._server = server
