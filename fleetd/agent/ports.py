@@ -9,7 +9,9 @@ from __future__ import annotations
 import socket
 import threading
 
-DEFAULT_RANGE = (41000, 41999)
+DEFAULT_RANGE = (18000, 18999)
+"""Below the ephemeral ports (Linux: 32768-60999): a replica port inside that range can be taken at any
+moment as the source port of some outgoing connection, and the replica then cannot bind it."""
 
 
 class PortsExhausted(Exception):

@@ -61,7 +61,7 @@ def agent_command(
     ports: Annotated[
         str,
         typer.Option("--ports", envvar="FLEETD_AGENT_PORTS", help="FIRST-LAST: the ports replicas listen on."),
-    ] = "41000-41999",
+    ] = "18000-18999",
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,

@@ -60,7 +60,7 @@ def parse_ports(text: str) -> tuple[int, int]:
     """``FIRST-LAST``, both within 1..65535 and in order."""
     first, sep, last = text.partition("-")
     if not sep or not first.isdigit() or not last.isdigit() or not 1 <= int(first) <= int(last) <= 65535:
-        raise AgentConfigError(f"--ports {text!r}: expected FIRST-LAST within 1-65535 (e.g. 41000-41999)")
+        raise AgentConfigError(f"--ports {text!r}: expected FIRST-LAST within 1-65535 (e.g. 18000-18999)")
     return int(first), int(last)
 
 

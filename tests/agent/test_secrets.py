@@ -55,10 +55,10 @@ def request(tmp_path: Path, marker: str) -> LaunchRequest:
 
 
 def started_agent(tmp_path: Path, req: LaunchRequest) -> LocalAgent:
-    """An agent whose ports come from a random block of 50: every agent's default range starts at 41000, so
+    """An agent whose ports come from a random block of 50: every agent's default range starts at 18000, so
     test runs side by side on one machine would otherwise give two replicas one port, and one agent's probe
     would find the other's server healthy while its own replica died of "address already in use"."""
-    first = 42000 + 50 * (uuid.uuid4().int % 300)
+    first = 24000 + 50 * (uuid.uuid4().int % 100)
     ports = PortAllocator(first, first + 49)
     agent = LocalAgent("node-1", tmp_path / "state", ports=ports, stable_after_s=2.0)
     agent.start()

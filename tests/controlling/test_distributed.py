@@ -149,7 +149,7 @@ def placement(observed: ObservedState) -> dict[str, list[str]]:
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     monkeypatch.setenv("FLEETD_STATE_DIR", str(tmp_path / "controller"))
     agents = {
-        name: agent_process(name, tmp_path / "agents", facts=FACTS[name], ports=(43000 + 100 * i, 43099 + 100 * i))
+        name: agent_process(name, tmp_path / "agents", facts=FACTS[name], ports=(23000 + 100 * i, 23099 + 100 * i))
         for i, name in enumerate(FACTS)
     }
     try:
@@ -222,3 +222,38 @@ def test_a_hung_agent_does_not_hold_up_the_others_and_recovers(cluster: Cluster)
 
     recovered = {n.name: n for n in cluster.observe(desired).nodes}
     assert recovered["gpu-a"].status is NodeStatus.HEALTHY and recovered["gpu-a"].last_error is None
+
+
+def test_plan_asks_the_nodes_agents_to_estimate_vram_auto(cluster: Cluster, tmp_path: Path) -> None:
+    """``fleetd plan`` opens no fleet, but with agent access it asks the remote agents (read-only) for the
+    estimate of a ``vram: auto`` model that only the nodes can read."""
+    from fleetd.controlling.oneshot import plan_fleet
+    from fleetd.planning.planner import PlanPolicy
+    from fleetd.planning.plans import ActionKind, LoadDetails
+    from fleetd.tools.tiny_gguf import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    desired = cluster.manifest(instances=("big",))
+    text = INSTANCES["big"].replace("org/big-model", str(model)).replace("vram: 20GiB", "vram: auto")
+    nodes = "".join(
+        f"  {name}: {{address: '{agent.address}', labels: {{tier: {LABELS[name]}}}, approved: true}}\n"
+        for name, agent in cluster.agents.items()
+    )
+    loaded = load_manifest_text(
+        f"version: 1\nbackends:\n  fake: {{type: vllm, install: {{binary: {cluster.executable}}}}}\n"
+        f"nodes:\n{nodes}instances:\n{text}"
+    )
+    assert loaded.desired is not None, [d.message for d in loaded.errors]
+    cluster.apply(desired)  # registers the nodes
+    planned = plan_fleet(
+        loaded.desired, database_url=cluster.database_url, policy=PlanPolicy(), revision=None, access=ACCESS
+    ).plan
+    loads = [a for a in planned.actions if a.kind in (ActionKind.LOAD, ActionKind.RESTART)]
+    assert loads, planned.actions
+    estimate = GrpcAgentClient("gpu-a", cluster.agents["gpu-a"].address, INSECURE).estimate(
+        loaded.desired.instances[0]
+    )
+    assert estimate > model.stat().st_size
+    assert {a.details_as(LoadDetails).vram_bytes for a in loads if a.kind is ActionKind.LOAD} <= {estimate}
+    blind = plan_fleet(loaded.desired, database_url=cluster.database_url, policy=PlanPolicy(), revision=None)
+    assert blind.plan.hash != planned.hash  # without the agents' estimate the plan differs

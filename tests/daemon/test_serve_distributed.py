@@ -33,7 +33,7 @@ def agents(tmp_path: Path) -> Iterator[tuple[list[AgentProcess], TlsFiles]]:
         agent_process(
             name,
             tmp_path / "agents",
-            ports=(43400 + 100 * i, 43499 + 100 * i),
+            ports=(23400 + 100 * i, 23499 + 100 * i),
             tls=issue(ca, tmp_path / "pki", name),
             facts={"total_vram": "8GiB", "gpu_vendor": "nvidia", "total_ram": "16GiB"},
         )
