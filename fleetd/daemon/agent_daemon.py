@@ -22,7 +22,7 @@ from fleetd.agent.node_facts import DeclaredFacts
 from fleetd.agent.ports import DEFAULT_RANGE, PortAllocator
 from fleetd.agent.probing import warm_up
 from fleetd.agent.server import start_server
-from fleetd.daemon.sd_notify import notify, watchdog_interval_s
+from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.transport.security import Security
 
 log = logging.getLogger("fleetd.agent")
@@ -107,11 +107,7 @@ class AgentDaemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         self.start()
-        watchdog = watchdog_interval_s()
-        while not self._stopping.wait(watchdog or 1.0):
-            if watchdog is not None and self.agent.alive():
-                notify("WATCHDOG=1")
-        notify("STOPPING=1")
+        watch_until(self._stopping, self.agent.alive)
         self.stop()
         return 0
 

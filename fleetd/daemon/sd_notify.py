@@ -1,6 +1,6 @@
 """systemd's notify protocol (``sd_notify(3)``) without a dependency: one datagram on ``$NOTIFY_SOCKET``.
 
-``fleetd serve`` runs as a ``Type=notify`` unit: it sends ``READY=1`` after its first cycle, and with
+``fleetd serve`` and ``fleetd agent`` run as ``Type=notify`` units: it sends ``READY=1`` after its first cycle, and with
 ``WatchdogSec=`` set, ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC`` while its loop is alive, so systemd
 restarts a hung controller. Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Callable
 
 
 def notify(message: str, *, environ: dict[str, str] | None = None) -> bool:
@@ -34,3 +36,12 @@ def watchdog_interval_s(*, environ: dict[str, str] | None = None) -> float | Non
     if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2_000_000
+
+
+def watch_until(stopping: threading.Event, alive: Callable[[], bool]) -> None:
+    """Wait for ``stopping``, telling systemd ``WATCHDOG=1`` while ``alive()``, then ``STOPPING=1``."""
+    watchdog = watchdog_interval_s()
+    while not stopping.wait(watchdog or 1.0):
+        if watchdog is not None and alive():
+            notify("WATCHDOG=1")
+    notify("STOPPING=1")

@@ -33,7 +33,7 @@ from fleetd.core.observed import ReplicaState
 from fleetd.core.timestamps import iso_from_ms
 from fleetd.daemon.http_api import Endpoints, HttpApi
 from fleetd.daemon.metrics import Metrics
-from fleetd.daemon.sd_notify import notify, watchdog_interval_s
+from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, interval_scheduler
 from fleetd.executing import Fence
 from fleetd.registry.engine import default_state_dir
@@ -130,11 +130,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         self.start()
-        watchdog = watchdog_interval_s()
-        while not self._stopping.wait(watchdog or 1.0):
-            if watchdog is not None and self.worker.alive():
-                notify("WATCHDOG=1")
-        notify("STOPPING=1")
+        watch_until(self._stopping, self.worker.alive)
         self.stop()
         return 0
 
