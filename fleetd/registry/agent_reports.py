@@ -9,8 +9,9 @@ report in the distributed mode; nothing else writes observations.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from fleetd.registry import nodes, replicas
 from fleetd.registry.facade import Registry
@@ -33,22 +34,78 @@ def record_report(registry: Registry, beat: nodes.Heartbeat, backends: Sequence[
 
 def sync_replicas(registry: Registry, node: str, records: Sequence[replicas.ReplicaRecord]) -> None:
     """Make the node's replica rows exactly ``records`` (one transaction): upsert each, remove the rest."""
-    now = registry.clock()
     with registry.engine.begin() as conn:
-        seen = {(r.instance, r.replica) for r in records}
-        for record in records:
-            replicas.upsert(conn, record, now_ms=now)
-        rows = conn.execute(
-            select(replica_rows.c.instance, replica_rows.c.replica).where(replica_rows.c.node == node)
-        ).all()
-        for instance, index in rows:
-            if (instance, index) not in seen:
-                conn.execute(
-                    delete(replica_rows).where(
-                        and_(
-                            replica_rows.c.node == node,
-                            replica_rows.c.instance == instance,
-                            replica_rows.c.replica == index,
-                        )
+        sync_replica_rows(conn, node, records, now_ms=registry.clock())
+
+
+def sync_replica_rows(
+    conn: Connection, node: str, records: Sequence[replicas.ReplicaRecord], *, now_ms: int
+) -> None:
+    seen = {(r.instance, r.replica) for r in records}
+    for record in records:
+        replicas.upsert(conn, record, now_ms=now_ms)
+    rows = conn.execute(
+        select(replica_rows.c.instance, replica_rows.c.replica).where(replica_rows.c.node == node)
+    ).all()
+    for instance, index in rows:
+        if (instance, index) not in seen:
+            conn.execute(
+                delete(replica_rows).where(
+                    and_(
+                        replica_rows.c.node == node,
+                        replica_rows.c.instance == instance,
+                        replica_rows.c.replica == index,
                     )
                 )
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class BeatWrite:
+    """One heartbeat's share of a batch: its readings always; its backends and replica rows only when they
+    changed since the node's previous heartbeat (``None``: unchanged); its replicas' live readings otherwise."""
+
+    beat: nodes.Heartbeat
+    new_backends: tuple[str, ...] = ()
+    replica_rows: tuple[replicas.ReplicaRecord, ...] | None = None
+    readings: tuple[replicas.ReplicaRecord, ...] = ()
+
+
+def record_heartbeats(registry: Registry, writes: Sequence[BeatWrite]) -> None:
+    """A batch of heartbeats in ONE transaction: the readings of every node in one statement, then what
+    changed. Nodes are written in name order (as ``nodes.heartbeat`` does) so concurrent batches cannot
+    deadlock on PostgreSQL."""
+    if not writes:
+        return
+    now = registry.clock()
+    ordered = sorted(writes, key=lambda w: w.beat.node)
+    with registry.engine.begin() as conn:
+        nodes.heartbeat(conn, [w.beat for w in ordered], now_ms=now)
+        for write in ordered:
+            for backend in write.new_backends:
+                nodes.set_backend_state(conn, write.beat.node, backend, "installed", now_ms=now)
+            if write.replica_rows is not None:
+                sync_replica_rows(conn, write.beat.node, write.replica_rows, now_ms=now)
+        readings = [r for w in ordered if w.replica_rows is None for r in w.readings]
+        if readings:
+            conn.execute(
+                update(replica_rows)
+                .where(
+                    and_(
+                        replica_rows.c.node == bindparam("r_node"),
+                        replica_rows.c.instance == bindparam("r_instance"),
+                        replica_rows.c.replica == bindparam("r_replica"),
+                    )
+                )
+                .values(in_flight=bindparam("r_in_flight"), last_used_ms=bindparam("r_last_used")),
+                [
+                    {
+                        "r_node": r.node,
+                        "r_instance": r.instance,
+                        "r_replica": r.replica,
+                        "r_in_flight": r.in_flight,
+                        "r_last_used": r.last_used_ms,
+                    }
+                    for r in readings
+                ],
+            )

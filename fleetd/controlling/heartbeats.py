@@ -1,0 +1,225 @@
+"""Heartbeat ingest: nodes' signed reports from the bus, written to the registry in batches (DESIGN.md §3).
+
+``offer`` runs on the bus's handler thread for every message and does only what must be done per message: size
+and version checks, the node's key (cached), the HMAC signature, and the sequence (a replayed or reordered
+beat of the same agent process is stale). Accepted beats wait in a buffer keyed by node (a newer beat of the
+same node replaces an older one not yet written); ``flush`` writes the buffer in ONE transaction. What is
+written per node depends on what changed since its previous beat: the readings always (one statement for the
+whole batch); backends and replica rows only when they changed; otherwise the replicas' live readings
+(in-flight, last use) in one more statement. When a flush changed what the planner sees (a replica's state,
+config or address, a node's backends, a node back from silence), ``on_change`` runs: the daemon's trigger for
+a cycle, so a crash is acted on at once and a quiet fleet costs no cycles.
+
+Every drop is counted by reason (``DROP_REASONS``) for ``/metrics``; none is logged per message (a flood of
+forged beats must not flood the log), but the first drop of each reason from each node is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleetd.core.observed import ReplicaState
+from fleetd.registry.agent_reports import BeatWrite, record_heartbeats
+from fleetd.registry.facade import Registry
+from fleetd.registry.nodes import Heartbeat
+from fleetd.registry.replicas import ReplicaRecord
+from fleetd.transport.bus_messages import BadMessage, HeartbeatMessage, ReplicaSummary, peek_node, verify_heartbeat
+
+log = logging.getLogger("fleetd.controller")
+
+KeySource = Callable[[str], bytes | None]
+"""A node's heartbeat key (``node_key`` of its credential), or ``None`` for a node with none (unknown)."""
+FLUSH_INTERVAL_S = 0.25
+UNKNOWN_KEY_RETRY_S = 5.0
+"""How long a node without a key is refused before the key source is asked again (unknown nodes beat too)."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What the registry last got from a node: to write only changes, and to refuse stale beats."""
+
+    boot: str
+    seq: int
+    backends: frozenset[str]
+    structure: tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
+    readings: tuple[tuple[str, int, int, int | None], ...]
+
+
+@dataclass
+class IngestCounters:
+    accepted: int = 0
+    written: int = 0
+    batches: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class HeartbeatIngest:
+    def __init__(
+        self,
+        registry: Registry,
+        keys: KeySource,
+        *,
+        on_change: Callable[[], None] | None = None,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._keys = keys
+        self._on_change = on_change
+        self._flush_interval_s = flush_interval_s
+        self._clock_s = clock_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, HeartbeatMessage] = {}
+        self._seen: dict[str, _Seen] = {}
+        self._key_cache: dict[str, bytes] = {}
+        self._unknown_until: dict[str, float] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self.counters = IngestCounters()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # the bus side ---------------------------------------------------------------------------------------------
+
+    def offer(self, data: bytes) -> str | None:
+        """Check one message and buffer it; the drop reason, or ``None`` when it was accepted."""
+        node = "?"
+        try:
+            document, node = peek_node(data)
+            key = self._key(node)
+            if key is None:
+                raise BadMessage("unknown_node", f"no credential registered for node {node!r}")
+            message = verify_heartbeat(document, key)
+        except BadMessage as exc:
+            return self._dropped(node, exc)
+        with self._lock:
+            last = self._pending.get(node) or self._seen.get(node)
+            stale = last is not None and last.boot == message.boot and message.seq <= last.seq
+            if not stale:
+                self._pending[node] = message
+                self.counters.accepted += 1
+        if stale and last is not None:
+            return self._dropped(node, BadMessage("stale", f"seq {message.seq} after {last.seq}"))
+        return None
+
+    def forget_key(self, node: str) -> None:
+        """Drop a cached key (a node re-registered with a new credential, or was removed)."""
+        with self._lock:
+            self._key_cache.pop(node, None)
+            self._unknown_until.pop(node, None)
+
+    # the writer side ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fleetd-heartbeats", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
+
+    def flush(self) -> int:
+        """Write every buffered beat in one transaction; the number written."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        writes, changed = self._writes(batch)
+        record_heartbeats(self._registry, writes)
+        with self._lock:
+            self.counters.written += len(writes)
+            self.counters.batches += 1
+        if changed and self._on_change is not None:
+            self._on_change()
+        return len(writes)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_interval_s):
+            try:
+                self.flush()
+            except Exception:  # a database hiccup must not end ingest; the next flush retries newer beats
+                log.exception("writing a batch of heartbeats failed")
+
+    def _writes(self, batch: dict[str, HeartbeatMessage]) -> tuple[list[BeatWrite], bool]:
+        writes: list[BeatWrite] = []
+        changed = False
+        for node, message in batch.items():
+            seen = _seen_of(message)
+            with self._lock:
+                before = self._seen.get(node)
+                self._seen[node] = seen
+            new_backends = tuple(sorted(seen.backends - (before.backends if before else frozenset())))
+            records = tuple(_record(node, r) for r in message.replicas)
+            structure_changed = before is None or before.structure != seen.structure
+            changed = changed or structure_changed or bool(new_backends)
+            writes.append(
+                BeatWrite(
+                    Heartbeat(node, message.available_vram, message.available_ram),
+                    new_backends,
+                    records if structure_changed else None,
+                    records
+                    if before is not None and not structure_changed and before.readings != seen.readings
+                    else (),
+                )
+            )
+        return writes, changed
+
+    # helpers --------------------------------------------------------------------------------------------------
+
+    def _key(self, node: str) -> bytes | None:
+        with self._lock:
+            cached = self._key_cache.get(node)
+            if cached is not None:
+                return cached
+            if self._unknown_until.get(node, 0.0) > self._clock_s():
+                return None
+        key = self._keys(node)
+        with self._lock:
+            if key is None:
+                self._unknown_until[node] = self._clock_s() + UNKNOWN_KEY_RETRY_S
+            else:
+                self._key_cache[node] = key
+        return key
+
+    def _dropped(self, node: str, exc: BadMessage) -> str:
+        with self._lock:
+            self.counters.dropped[exc.reason] += 1
+            first = (node, exc.reason) not in self._logged
+            if first and len(self._logged) < 10_000:
+                self._logged.add((node, exc.reason))
+        if first:
+            log.warning("dropped a heartbeat from node %s: %s (further ones are only counted)", node, exc)
+        return exc.reason
+
+
+def _seen_of(message: HeartbeatMessage) -> _Seen:
+    replicas = sorted(message.replicas, key=lambda r: (r.instance, r.replica))
+    return _Seen(
+        boot=message.boot,
+        seq=message.seq,
+        backends=frozenset(message.backends),
+        structure=tuple((r.instance, r.replica, r.state, r.config_hash, r.address, r.restarts) for r in replicas),
+        readings=tuple((r.instance, r.replica, r.in_flight, r.last_used_ms) for r in replicas),
+    )
+
+
+def _record(node: str, summary: ReplicaSummary) -> ReplicaRecord:
+    return ReplicaRecord(
+        instance=summary.instance,
+        node=node,
+        replica=summary.replica,
+        state=summary.state,
+        address=summary.address,
+        config_hash=summary.config_hash,
+        vram_bytes=summary.vram_bytes,
+        restarts=summary.restarts,
+        last_error=summary.last_error,
+        in_flight=summary.in_flight,
+        last_used_ms=summary.last_used_ms,
+    )

@@ -1,0 +1,156 @@
+"""Heartbeats from agents to the registry: signed by the node's key, checked and counted when dropped, written
+in batches, and a cycle asked for only when what the planner sees changed. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import Engine
+
+from fleetd.agent.heartbeats import HeartbeatSender
+from fleetd.controlling.heartbeats import HeartbeatIngest
+from fleetd.core.observed import NodeStatus, ReplicaState
+from fleetd.registry.facade import Registry
+from fleetd.registry.nodes import NodeFacts
+from fleetd.transport.agent_api import NodeReport, ReplicaStatus
+from fleetd.transport.bus_messages import (
+    HeartbeatMessage,
+    ReplicaSummary,
+    encode_heartbeat,
+    heartbeat_subject,
+    node_key,
+)
+from tests.conftest import ManualClock
+
+GIB = 1024**3
+KEYS = {"gpu-a": node_key("credential-of-gpu-a"), "gpu-b": node_key("credential-of-gpu-b")}
+
+
+@pytest.fixture
+def registry(engine: Engine, clock: ManualClock) -> Registry:
+    registry = Registry(engine, clock)
+    for name in KEYS:
+        registry.register_node(name, NodeFacts(gpu_vendor="nvidia", total_vram=24 * GIB, available_vram=24 * GIB))
+        registry.approve_node(name)
+    return registry
+
+
+def beat(
+    node: str,
+    seq: int,
+    *,
+    free: int = 20 * GIB,
+    state: ReplicaState = ReplicaState.RUNNING,
+    in_flight: int = 0,
+    boot: str = "boot-1",
+    backends: tuple[str, ...] = ("llama",),
+) -> HeartbeatMessage:
+    replica = ReplicaSummary(
+        "chat", 0, state, "sha256:abc", "10.0.0.5:18000", in_flight=in_flight, vram_bytes=4 * GIB
+    )
+    return HeartbeatMessage(
+        node, seq, boot, 1_795_420_800_000, "nvidia", 24 * GIB, free, 64 * GIB, 32 * GIB, backends, (replica,)
+    )
+
+
+def test_a_signed_beat_is_written_and_a_forged_one_is_dropped(registry: Registry) -> None:
+    changes: list[int] = []
+    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1))
+    assert ingest.offer(encode_heartbeat(beat("gpu-a", 1, free=7 * GIB), KEYS["gpu-a"])) is None
+    assert ingest.offer(encode_heartbeat(beat("gpu-b", 1, free=1 * GIB), KEYS["gpu-a"])) == "bad_signature"
+    assert ingest.flush() == 1
+    nodes = {n.name: n for n in registry.snapshot().nodes}
+    assert nodes["gpu-a"].available_vram == 7 * GIB
+    assert nodes["gpu-b"].available_vram == 24 * GIB  # the forged beat changed nothing
+    (replica,) = registry.snapshot().replicas
+    assert (replica.instance, replica.node, replica.state, replica.address) == (
+        "chat",
+        "gpu-a",
+        ReplicaState.RUNNING,
+        "10.0.0.5:18000",
+    )
+    assert "llama" in nodes["gpu-a"].backends
+    assert changes == [1]
+    assert ingest.counters.dropped == {"bad_signature": 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"not json", "malformed"),
+        (b"[1, 2]", "malformed"),
+        (json.dumps({"v": 9, "node": "gpu-a"}).encode(), "version"),
+        (json.dumps({"v": 1, "node": "gpu-z", "sig": "00"}).encode(), "unknown_node"),
+        (json.dumps({"v": 1, "node": "gpu-a"}).encode(), "unsigned"),
+        (b" " * (1 << 21), "too_large"),
+    ],
+)
+def test_bad_messages_are_dropped_with_their_reason(registry: Registry, data: bytes, reason: str) -> None:
+    ingest = HeartbeatIngest(registry, KEYS.get)
+    assert ingest.offer(data) == reason
+    assert ingest.flush() == 0
+    assert ingest.counters.dropped == {reason: 1}
+
+
+def test_a_replayed_beat_is_stale_but_a_new_agent_process_starts_over(registry: Registry) -> None:
+    ingest = HeartbeatIngest(registry, KEYS.get)
+    assert ingest.offer(encode_heartbeat(beat("gpu-a", 5), KEYS["gpu-a"])) is None
+    ingest.flush()
+    assert ingest.offer(encode_heartbeat(beat("gpu-a", 5), KEYS["gpu-a"])) == "stale"
+    assert ingest.offer(encode_heartbeat(beat("gpu-a", 4), KEYS["gpu-a"])) == "stale"
+    assert ingest.offer(encode_heartbeat(beat("gpu-a", 1, boot="boot-2"), KEYS["gpu-a"])) is None
+
+
+def test_one_batch_holds_every_node_and_only_changes_ask_for_a_cycle(
+    registry: Registry, clock: ManualClock
+) -> None:
+    changes: list[int] = []
+    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1))
+    for seq, node in enumerate(KEYS, start=1):
+        ingest.offer(encode_heartbeat(beat(node, seq), KEYS[node]))
+    assert ingest.flush() == 2
+    assert ingest.counters.batches == 1 and changes == [1]
+
+    ingest.offer(encode_heartbeat(beat("gpu-a", 10, in_flight=3), KEYS["gpu-a"]))  # a live reading only
+    ingest.flush()
+    assert changes == [1]
+    in_flight = {(r.node, r.instance): r.in_flight for r in registry.snapshot().replicas}
+    assert in_flight[("gpu-a", "chat")] == 3
+
+    ingest.offer(encode_heartbeat(beat("gpu-a", 11, state=ReplicaState.FAILED), KEYS["gpu-a"]))  # a crash
+    ingest.flush()
+    assert changes == [1, 1]
+    states = {(r.node, r.instance): r.state for r in registry.snapshot().replicas}
+    assert states[("gpu-a", "chat")] is ReplicaState.FAILED
+
+
+def test_a_beat_brings_a_silent_node_back(registry: Registry, clock: ManualClock) -> None:
+    ingest = HeartbeatIngest(registry, KEYS.get)
+    clock.advance(30_000)
+    registry.mark_missed_heartbeats(unhealthy_after_ms=6_000, offline_after_ms=20_000)
+    assert {n.name: n.status for n in registry.snapshot().nodes}["gpu-a"] is NodeStatus.OFFLINE
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.flush()
+    assert {n.name: n.status for n in registry.snapshot().nodes}["gpu-a"] is NodeStatus.HEALTHY
+
+
+def test_the_agent_signs_what_the_controller_accepts(registry: Registry) -> None:
+    sent: list[tuple[str, bytes]] = []
+    report = NodeReport("gpu-a", "nvidia", (), 24 * GIB, 9 * GIB, 64 * GIB, 30 * GIB, "linux-x86_64", ("llama",))
+    replica = ReplicaStatus("chat", 0, ReplicaState.RUNNING, "sha256:abc", address="10.0.0.5:18001", pid=42)
+    sender = HeartbeatSender(
+        "gpu-a",
+        KEYS["gpu-a"],
+        lambda subject, data: sent.append((subject, data)),
+        report=lambda: report,
+        replicas=lambda: (replica,),
+    )
+    sender.send()
+    sender.send()
+    assert [subject for subject, _ in sent] == [heartbeat_subject("gpu-a")] * 2
+    ingest = HeartbeatIngest(registry, KEYS.get)
+    assert [ingest.offer(data) for _, data in sent] == [None, None]
+    ingest.flush()
+    assert {n.name: n.available_vram for n in registry.snapshot().nodes}["gpu-a"] == 9 * GIB
+    assert [(r.node, r.address) for r in registry.snapshot().replicas] == [("gpu-a", "10.0.0.5:18001")]
