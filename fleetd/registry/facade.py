@@ -81,6 +81,10 @@ class Registry:
         with self.engine.begin() as conn:
             nodes.set_draining(conn, name, draining, now_ms=self.clock())
 
+    def node_records(self) -> tuple[nodes.NodeRecord, ...]:
+        with read_only(self.engine) as conn:
+            return nodes.records(conn)
+
     def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         with self.engine.begin() as conn:
             nodes.set_manifest_labels(conn, name, labels)
