@@ -16,6 +16,7 @@ import typer
 from fleetd.cli.agent_command import agent_command
 from fleetd.cli.apply_command import apply_command
 from fleetd.cli.common import EXIT_ERROR, EXIT_OK, print_invalid, redact_url, registry_errors, validity_summary
+from fleetd.cli.node_command import node_app
 from fleetd.cli.options import DatabaseUrl, PathsArg
 from fleetd.cli.plan_command import plan_command
 from fleetd.cli.replica_command import replica_app
@@ -159,6 +160,7 @@ app.command("status")(status_command)
 app.command("serve")(serve)
 app.command("agent")(agent_command)
 app.add_typer(replica_app, name="replica")
+app.add_typer(node_app, name="node")
 
 
 @app.command()

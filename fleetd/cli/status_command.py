@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +18,7 @@ import typer
 
 from fleetd.cli.common import EXIT_OK, agent_access, fail, load_or_exit, registry_errors
 from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
+from fleetd.cli.table_output import approx_size, one_line, table
 
 if TYPE_CHECKING:
     from fleetd.controlling.status import FleetStatus
@@ -88,7 +88,7 @@ def render_status_text(observed: ObservedState, status: FleetStatus) -> str:
 
     lines: list[str] = []
     node_rows = [_node_row(n, undeclared=n.name in status.undeclared_nodes) for n in observed.nodes]
-    lines += ["Nodes:", *_table(("NAME", "STATUS", "GPU", "FREE / TOTAL", "BACKENDS"), node_rows)]
+    lines += ["Nodes:", *table(("NAME", "STATUS", "GPU", "FREE / TOTAL", "BACKENDS"), node_rows)]
     if not node_rows:
         lines.append("  (none)")
     unreachable = [n for n in observed.nodes if n.last_error]
@@ -99,7 +99,7 @@ def render_status_text(observed: ObservedState, status: FleetStatus) -> str:
     lines += [
         "",
         "Replicas:",
-        *_table(
+        *table(
             ("INSTANCE", "NODE", "INDEX", "STATE", "ADDRESS", "RESTARTS", "IN-FLIGHT", "LAST ERROR"), replica_rows
         ),
     ]
@@ -127,9 +127,9 @@ def render_status_text(observed: ObservedState, status: FleetStatus) -> str:
 
 def _node_row(node: ObservedNode, *, undeclared: bool) -> tuple[str, ...]:
     if node.total_vram > 0:
-        memory = f"{_approx(node.available_vram)} / {_approx(node.total_vram)}"
+        memory = f"{approx_size(node.available_vram)} / {approx_size(node.total_vram)}"
     else:
-        memory = f"{_approx(node.available_ram)} / {_approx(node.total_ram)} RAM"
+        memory = f"{approx_size(node.available_ram)} / {approx_size(node.total_ram)} RAM"
     return (
         node.name,
         node.status.value + ("" if node.approved else " (not approved)") + (" (undeclared)" if undeclared else ""),
@@ -140,9 +140,6 @@ def _node_row(node: ObservedNode, *, undeclared: bool) -> tuple[str, ...]:
 
 
 def _replica_row(replica: ObservedReplica) -> tuple[str, ...]:
-    error = " ".join((replica.last_error or "").split())
-    if len(error) > 80:
-        error = error[:77] + "..."
     return (
         replica.instance,
         replica.node,
@@ -151,23 +148,5 @@ def _replica_row(replica: ObservedReplica) -> tuple[str, ...]:
         replica.address or "-",
         str(replica.restarts),
         str(replica.in_flight),
-        error or "-",
+        one_line(replica.last_error),
     )
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
-    if not rows:
-        return []
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return [
-        "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in (header, *rows)
-    ]
-
-
-def _approx(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from fleetd.core.observed import NodeStatus, ObservedState
-from fleetd.registry import apply_log, leases, nodes, pending_ops, replicas, reservations
+from fleetd.registry import apply_log, credentials, join_tokens, leases, nodes, pending_ops, replicas, reservations
 from fleetd.registry.engine import open_engine, read_only
 from fleetd.registry.migrating import upgrade
 from fleetd.registry.snapshots import snapshot
@@ -81,9 +81,40 @@ class Registry:
         with self.engine.begin() as conn:
             nodes.set_draining(conn, name, draining, now_ms=self.clock())
 
+    def node_records(self) -> tuple[nodes.NodeRecord, ...]:
+        with read_only(self.engine) as conn:
+            return nodes.records(conn)
+
     def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         with self.engine.begin() as conn:
             nodes.set_manifest_labels(conn, name, labels)
+
+    # admission: join tokens and node credentials (only their hashes are stored)
+    def create_join_token(
+        self, *, ttl_ms: int, uses: int, created_by: str | None = None
+    ) -> join_tokens.IssuedToken:
+        with self.engine.begin() as conn:
+            return join_tokens.create(conn, now_ms=self.clock(), ttl_ms=ttl_ms, uses=uses, created_by=created_by)
+
+    def consume_join_token(self, token: str) -> join_tokens.TokenVerdict:
+        with self.engine.begin() as conn:
+            return join_tokens.consume(conn, token, now_ms=self.clock())
+
+    def list_join_tokens(self) -> tuple[join_tokens.JoinTokenInfo, ...]:
+        with read_only(self.engine) as conn:
+            return join_tokens.list_tokens(conn, self.clock())
+
+    def revoke_join_token(self, token_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return join_tokens.revoke(conn, token_id)
+
+    def set_node_credential(self, name: str, credential_hash: str | None) -> None:
+        with self.engine.begin() as conn:
+            credentials.set_credential(conn, name, credential_hash)
+
+    def node_credential_hash(self, name: str) -> str | None:
+        with read_only(self.engine) as conn:
+            return credentials.credential_hash(conn, name)
 
     # reservations
     def reserve(self, node: str, size: int, op_id: str, *, ttl_ms: int) -> reservations.Reservation | None:

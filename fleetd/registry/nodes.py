@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, update
 
 from fleetd.core.names import AUTO_LABEL_KEYS
 from fleetd.core.observed import NodeStatus
 from fleetd.registry.dialects import insert_for
-from fleetd.registry.tables import node_backends, node_labels, nodes
+from fleetd.registry.tables import node_backends, node_labels, nodes, replicas
 
 GIB = 1024**3
 LIVE_STATUSES = (NodeStatus.HEALTHY.value, NodeStatus.UNHEALTHY.value, NodeStatus.OFFLINE.value)
@@ -44,6 +44,25 @@ class Heartbeat:
     node: str
     available_vram: int
     available_ram: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One node as a person lists it (``fleetd node list``): what the planner's snapshot leaves out included."""
+
+    name: str
+    status: NodeStatus
+    approved: bool
+    address: str | None
+    gpu_vendor: str
+    total_vram: int
+    available_vram: int
+    total_ram: int
+    available_ram: int
+    last_heartbeat_ms: int | None
+    last_error: str | None
+    replicas: int
+    """How many replica rows name this node."""
 
 
 def register(
@@ -215,6 +234,72 @@ def set_draining(conn: Connection, name: str, draining: bool, *, now_ms: int) ->
     result = conn.execute(update(nodes).where(nodes.c.name == name).values(status=status.value, updated_ms=now_ms))
     if result.rowcount == 0:
         raise UnknownNode(name)
+
+
+def undrain(conn: Connection, name: str, *, now_ms: int) -> NodeStatus:
+    """A draining node returns to ``healthy``, or to ``pending`` when it was never approved (the next missed
+    heartbeat check demotes a silent one). Any other status is left alone. Returns the status after."""
+    conn.execute(
+        update(nodes)
+        .where(and_(nodes.c.name == name, nodes.c.status == NodeStatus.DRAINING.value))
+        .values(
+            status=case((nodes.c.approved.is_(True), NodeStatus.HEALTHY.value), else_=NodeStatus.PENDING.value),
+            updated_ms=now_ms,
+        )
+    )
+    status = conn.execute(select(nodes.c.status).where(nodes.c.name == name)).scalar_one_or_none()
+    if status is None:
+        raise UnknownNode(name)
+    return NodeStatus(status)
+
+
+def lock(conn: Connection, name: str) -> tuple[NodeStatus, bool]:
+    """The node's status and approval, its row locked until the transaction ends (on PostgreSQL; SQLite's
+    write transactions are serial anyway). The lock also holds off a replica row being added for the node."""
+    row = conn.execute(
+        select(nodes.c.status, nodes.c.approved).where(nodes.c.name == name).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise UnknownNode(name)
+    return NodeStatus(row.status), bool(row.approved)
+
+
+def records(conn: Connection) -> tuple[NodeRecord, ...]:
+    """Every node by name, with its address, last heartbeat and number of replica rows (two queries)."""
+    counted = conn.execute(select(replicas.c.node, func.count()).group_by(replicas.c.node))
+    counts: dict[str, int] = dict(counted.all())
+    rows = conn.execute(
+        select(
+            nodes.c.name,
+            nodes.c.status,
+            nodes.c.approved,
+            nodes.c.address,
+            nodes.c.gpu_vendor,
+            nodes.c.total_vram,
+            nodes.c.available_vram,
+            nodes.c.total_ram,
+            nodes.c.available_ram,
+            nodes.c.last_heartbeat_ms,
+            nodes.c.last_error,
+        ).order_by(nodes.c.name)
+    )
+    return tuple(
+        NodeRecord(
+            name=r.name,
+            status=NodeStatus(r.status),
+            approved=bool(r.approved),
+            address=r.address,
+            gpu_vendor=r.gpu_vendor,
+            total_vram=r.total_vram,
+            available_vram=r.available_vram,
+            total_ram=r.total_ram,
+            available_ram=r.available_ram,
+            last_heartbeat_ms=r.last_heartbeat_ms,
+            last_error=r.last_error,
+            replicas=counts.get(r.name, 0),
+        )
+        for r in rows
+    )
 
 
 def set_manifest_labels(conn: Connection, name: str, labels: Mapping[str, str]) -> None:

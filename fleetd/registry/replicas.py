@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, select, update
 
 from fleetd.core.observed import ReplicaState
 from fleetd.registry.dialects import insert_for
@@ -85,6 +85,16 @@ def remove(conn: Connection, instance: str, node: str, replica: int) -> bool:
         )
     )
     return result.rowcount == 1
+
+
+def on_node(conn: Connection, node: str) -> tuple[tuple[str, int], ...]:
+    """The (instance, index) of every replica row on ``node``, sorted."""
+    rows = conn.execute(
+        select(replicas.c.instance, replicas.c.replica)
+        .where(replicas.c.node == node)
+        .order_by(replicas.c.instance, replicas.c.replica)
+    )
+    return tuple((instance, index) for instance, index in rows)
 
 
 def _state_since(state: ReplicaState, now_ms: int) -> ColumnElement[int]:

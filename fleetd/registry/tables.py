@@ -55,11 +55,25 @@ nodes = Table(
     Column("registered_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     Column("last_error", Text),
+    Column("credential_hash", String(128)),
     CheckConstraint("reserved_vram >= 0", name="reserved_not_negative"),
     CheckConstraint(
         "status IN ('registering', 'pending', 'healthy', 'unhealthy', 'draining', 'offline')", name="status"
     ),
 )
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("uses_left", Integer, nullable=False),
+    Column("created_by", String(255)),
+    CheckConstraint("uses_left >= 0", name="uses_left_not_negative"),
+)
+"""Join tokens (DESIGN.md section 3, "Admission"): only the SHA-256 of each token, never the token itself."""
 
 node_labels = Table(
     "node_labels",

@@ -267,3 +267,40 @@ def test_removing_a_node_takes_its_rows_with_it(engine: Engine, clock: ManualClo
             kept = conn.execute(select(func.count()).select_from(table).where(column == "gpu-b")).scalar_one()
             assert (table.name, leftover) == (table.name, 0)
             assert kept > 0
+
+
+def test_records_show_what_a_person_lists(engine: Engine, clock: ManualClock) -> None:
+    registry = Registry(engine, clock)
+    registry.register_node("gpu-b", FACTS, address="10.0.0.2:7070")
+    registry.register_node("gpu-a", NodeFacts())
+    registry.mark_unreachable("gpu-b", "connection refused")
+    for index in (0, 1):
+        registry.upsert_replica(replicas.ReplicaRecord("chat", "gpu-b", index, ReplicaState.RUNNING))
+    a, b = registry.node_records()
+    assert (a.name, a.status, a.approved, a.address, a.replicas) == ("gpu-a", NodeStatus.PENDING, False, None, 0)
+    assert (b.name, b.address, b.total_vram, b.available_vram) == ("gpu-b", "10.0.0.2:7070", 80 * GIB, 78 * GIB)
+    assert (b.last_heartbeat_ms, b.last_error, b.replicas) == (clock(), "connection refused", 2)
+    with engine.connect() as conn:
+        assert replicas.on_node(conn, "gpu-b") == (("chat", 0), ("chat", 1))
+        assert replicas.on_node(conn, "gpu-a") == ()
+
+
+def test_undraining_returns_a_node_to_what_its_approval_allows(engine: Engine, clock: ManualClock) -> None:
+    registry = Registry(engine, clock)
+    registry.register_node("approved", FACTS)
+    registry.approve_node("approved")
+    registry.register_node("never-approved", FACTS)
+    registry.register_node("offline", FACTS)
+    registry.approve_node("offline")
+    with engine.begin() as conn:
+        conn.execute(update(nodes_table).where(nodes_table.c.name == "offline").values(status="offline"))
+        for name in ("approved", "never-approved"):
+            nodes.set_draining(conn, name, True, now_ms=clock())
+        assert nodes.undrain(conn, "approved", now_ms=clock()) is NodeStatus.HEALTHY
+        assert nodes.undrain(conn, "never-approved", now_ms=clock()) is NodeStatus.PENDING
+        assert nodes.undrain(conn, "offline", now_ms=clock()) is NodeStatus.OFFLINE  # not draining: left alone
+        assert nodes.lock(conn, "never-approved") == (NodeStatus.PENDING, False)
+        with pytest.raises(UnknownNode):
+            nodes.undrain(conn, "gpu-nope", now_ms=clock())
+        with pytest.raises(UnknownNode):
+            nodes.lock(conn, "gpu-nope")
