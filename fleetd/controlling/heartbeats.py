@@ -223,3 +223,13 @@ def _record(node: str, summary: ReplicaSummary) -> ReplicaRecord:
         in_flight=summary.in_flight,
         last_used_ms=summary.last_used_ms,
     )
+
+
+def registry_keys(registry: Registry) -> KeySource:
+    """Nodes' heartbeat keys from the registry: the stored hash of each node's credential."""
+
+    def key(node: str) -> bytes | None:
+        stored = registry.node_credential_hash(node)
+        return bytes.fromhex(stored) if stored else None
+
+    return key

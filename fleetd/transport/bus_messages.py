@@ -213,3 +213,85 @@ def _optional_str(value: object) -> str | None:
 
 def _optional_int(value: object) -> int | None:
     return None if value is None else _int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    """An agent asking to join (with a join token) or to rejoin (with the credential it was given)."""
+
+    node: str
+    address: str | None
+    token: str | None = None
+    credential: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RegisterRequest(node={self.node!r}, address={self.address!r}, with={self.proof})"
+
+    @property
+    def proof(self) -> str:
+        return "credential" if self.credential else "token" if self.token else "nothing"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterReply:
+    ok: bool
+    status: str = ""
+    """The node's status after registering: ``pending`` until approved, else ``healthy``."""
+    credential: str | None = None
+    """Only in the reply to a token: the node's own secret from now on."""
+    reason: str = ""
+
+    def __repr__(self) -> str:
+        return f"RegisterReply(ok={self.ok}, status={self.status!r}, reason={self.reason!r})"
+
+
+def encode_register(request: RegisterRequest) -> bytes:
+    return _canonical(
+        {
+            "v": VERSION,
+            "node": request.node,
+            "address": request.address,
+            "token": request.token,
+            "credential": request.credential,
+        }
+    )
+
+
+def decode_register(data: bytes) -> RegisterRequest:
+    document, node = peek_node(data)
+    try:
+        return RegisterRequest(
+            node,
+            _optional_str(document.get("address")),
+            _optional_str(document.get("token")),
+            _optional_str(document.get("credential")),
+        )
+    except TypeError as exc:
+        raise BadMessage("malformed", str(exc)) from None
+
+
+def encode_reply(reply: RegisterReply) -> bytes:
+    return _canonical(
+        {
+            "v": VERSION,
+            "ok": reply.ok,
+            "status": reply.status,
+            "credential": reply.credential,
+            "reason": reply.reason,
+        }
+    )
+
+
+def decode_reply(data: bytes) -> RegisterReply:
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("v") != VERSION:
+            raise BadMessage("version", "not a version 1 reply")
+        return RegisterReply(
+            bool(document["ok"]),
+            _str(document.get("status", "")),
+            _optional_str(document.get("credential")),
+            _str(document.get("reason", "")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadMessage("malformed", str(exc)) from None
