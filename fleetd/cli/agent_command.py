@@ -62,6 +62,24 @@ def agent_command(
         str,
         typer.Option("--ports", envvar="FLEETD_AGENT_PORTS", help="FIRST-LAST: the ports replicas listen on."),
     ] = "18000-18999",
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            envvar="FLEETD_NATS_URL",
+            help="nats://HOST:PORT: join the fleet and heartbeat over NATS.",
+            show_default=False,
+        ),
+    ] = None,
+    join_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--join-token-file",
+            envvar="FLEETD_JOIN_TOKEN_FILE",
+            help="A file holding a token from `fleetd node token create` (needed only to join the first time).",
+            show_default=False,
+        ),
+    ] = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -74,12 +92,15 @@ def agent_command(
     from fleetd.agent.node_facts import FactsFileError, read_facts_file
     from fleetd.agent.server import ListenError
     from fleetd.core.names import NAME_PATTERN
+    from fleetd.daemon.agent_bus import BusSettings
     from fleetd.daemon.agent_daemon import AgentConfig, AgentConfigError, AgentDaemon, parse_ports
     from fleetd.registry.engine import default_state_dir
     from fleetd.transport.security import SecurityError, load_security
 
     if not re.match(NAME_PATTERN, node):
         fail(f"--node {node!r}: a node name is lower-case letters, digits, '.', '_' and '-' (as in the manifest)")
+    if join_token_file is not None and not nats:
+        fail("--join-token-file needs --nats: the token is presented to the controller over NATS")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fleetd agent: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would drown what happened
     try:
@@ -93,6 +114,7 @@ def agent_command(
             advertise=advertise,
             facts=declared,
             ports=parse_ports(ports),
+            bus=BusSettings(nats, join_token_file) if nats else None,
         )
         daemon = AgentDaemon(config)
         code = daemon.run()

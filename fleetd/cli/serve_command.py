@@ -38,6 +38,21 @@ def serve(
     ] = False,
     database_url: DatabaseUrl = None,
     lease_ttl: Annotated[str, typer.Option("--lease-ttl", hidden=True)] = "15s",
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            envvar="FLEETD_NATS_URL",
+            help="nats://HOST:PORT: admit nodes and take heartbeats over NATS.",
+            show_default=False,
+        ),
+    ] = None,
+    nats_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--nats-listen", help="HOST:PORT: run the bundled nats-server there and use it.", show_default=False
+        ),
+    ] = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -46,13 +61,16 @@ def serve(
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
     from fleetd.core.units import UnitError, parse_duration_ms
     from fleetd.daemon.http_api import parse_address
+    from fleetd.daemon.nats_server import NatsServerError
     from fleetd.daemon.serve import ServeOptions
     from fleetd.daemon.serve import serve as run_serve
+    from fleetd.transport.bus_api import BusError
 
     try:
         interval_ms = parse_duration_ms(interval)
         ttl_ms = parse_duration_ms(lease_ttl)
         address = None if http == "off" else parse_address(http)
+        bus_listen = parse_address(nats_listen) if nats_listen is not None else None
     except (UnitError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
@@ -67,10 +85,18 @@ def serve(
         database_url=database_url,
         lease_ttl_s=ttl_ms / 1000,
         access=agent_access(tls_cert, tls_key, tls_ca, insecure),
+        nats_url=nats,
+        nats_listen=bus_listen,
     )
+    if nats and nats_listen:
+        sys.stderr.write("error: give --nats (a server to use) or --nats-listen (run one), not both\n")
+        raise typer.Exit(EXIT_ERROR)
     try:
         code = run_serve(options)
     except OSError as exc:  # e.g. the HTTP address is in use
         sys.stderr.write(f"error: fleetd serve: {exc.strerror or exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
+    except (BusError, NatsServerError) as exc:
+        sys.stderr.write(f"error: fleetd serve: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(code)

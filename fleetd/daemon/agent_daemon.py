@@ -22,6 +22,7 @@ from fleetd.agent.node_facts import DeclaredFacts
 from fleetd.agent.ports import DEFAULT_RANGE, PortAllocator
 from fleetd.agent.probing import warm_up
 from fleetd.agent.server import start_server
+from fleetd.daemon.agent_bus import AgentBus, BusSettings
 from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.transport.security import Security
 
@@ -43,6 +44,8 @@ class AgentConfig:
     facts: DeclaredFacts | None = None
     ports: tuple[int, int] = DEFAULT_RANGE
     """The replicas' port range (open it in the node's firewall to the gateway)."""
+    bus: BusSettings | None = None
+    """``--nats``: join the fleet and heartbeat over the bus."""
 
     @property
     def replica_host(self) -> str:
@@ -78,7 +81,16 @@ class AgentDaemon:
         self._stopping = threading.Event()
         host = config.replica_host
         allocator = PortAllocator(*config.ports, host=host)
-        self.agent = LocalAgent(config.node, config.state_dir, host=host, ports=allocator, facts=config.facts)
+        self.agent = LocalAgent(
+            config.node,
+            config.state_dir,
+            host=host,
+            ports=allocator,
+            facts=config.facts,
+            on_replica_change=self._nudge,
+        )
+        self.bus: AgentBus | None = None
+        self.exit_code = 0
         self.guard = EpochGuard(config.node, config.state_dir / "agent")
         self.address: str | None = None
 
@@ -94,6 +106,15 @@ class AgentDaemon:
         address_file = config.state_dir / "agent" / "address"
         address_file.parent.mkdir(parents=True, exist_ok=True)
         address_file.write_text(self.address + "\n")
+        if config.bus is not None:
+            self.bus = AgentBus(
+                config.bus,
+                self.agent,
+                config.state_dir,
+                address=config.advertise or self.address,
+                on_refused=self._refused,
+            )
+            self.bus.start()
         adopted = len(self.agent.list_replicas())
         how = "mutual TLS" if not config.security.insecure else "NO TLS: --insecure, for tests on one machine only"
         line = f"node {config.node} serving on {self.address} ({how}); {adopted} replica(s) adopted"
@@ -109,16 +130,26 @@ class AgentDaemon:
         self.start()
         watch_until(self._stopping, self.agent.alive)
         self.stop()
-        return 0
+        return self.exit_code
 
     def request_stop(self) -> None:
         self._stopping.set()
 
     def stop(self) -> None:
         """Stop serving and supervising; the replicas keep running (the next agent adopts them)."""
+        if self.bus is not None:
+            self.bus.stop()
         self._server.stop()
         self.agent.close(stop_replicas=False)
         log.info("%snode %s stopped; replicas left running", self._config.security.mark, self._config.node)
+
+    def _nudge(self) -> None:
+        if self.bus is not None:
+            self.bus.nudge()
+
+    def _refused(self, reason: str) -> None:
+        self.exit_code = 1
+        self._stopping.set()
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping.set()

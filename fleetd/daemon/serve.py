@@ -31,6 +31,7 @@ from fleetd.controlling.reconciling import CycleResult, Reconciler, summary_line
 from fleetd.controlling.sources import PathSource
 from fleetd.core.observed import ReplicaState
 from fleetd.core.timestamps import iso_from_ms
+from fleetd.daemon.controller_bus import ControllerBus
 from fleetd.daemon.http_api import Endpoints, HttpApi
 from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.sd_notify import notify, watch_until
@@ -57,6 +58,9 @@ class ServeOptions:
     watch: bool = True
     access: AgentAccess = field(default_factory=AgentAccess)
     """How remote agents are reached, when the manifest's nodes have addresses."""
+    nats_url: str | None = None
+    nats_listen: tuple[str, int] | None = None
+    """Run the bundled nats-server here (and use it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,16 @@ class Daemon:
         self.watcher = ManifestWatcher(options.paths, self.worker.trigger) if options.watch else None
         self.scheduler = interval_scheduler(self.worker.trigger, interval_s=options.interval_s)
         self.http = HttpApi(options.http, self._endpoints()) if options.http is not None else None
+        self.bus: ControllerBus | None = None
+        if options.nats_url is not None or options.nats_listen is not None:
+            self.bus = ControllerBus(
+                self._registry,
+                self._state_dir,
+                url=options.nats_url,
+                listen=options.nats_listen,
+                on_change=self._replica_events,
+                say=self._say,
+            )
 
     # lifecycle ----------------------------------------------------------------------------------------------
 
@@ -114,6 +128,8 @@ class Daemon:
         self._say(f"watching {where}; http on {http}")
         if self.http is not None:
             self.http.start()
+        if self.bus is not None:
+            self.bus.start()
         self.worker.start()
         self.leadership.start()
         if self.leadership.fence is None:
@@ -145,6 +161,8 @@ class Daemon:
         self._replica_events.cancel()
         self.worker.stop()
         self.leadership.stop()
+        if self.bus is not None:
+            self.bus.stop()
         self._close_fleet(stop_replicas=self._options.stop_on_exit)
         self._registry.engine.dispose()
         if self.http is not None:

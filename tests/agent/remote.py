@@ -94,6 +94,7 @@ def agent_process(
     tls: TlsFiles | None = None,
     env: Mapping[str, str] | None = None,
     ports: tuple[int, int] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> AgentProcess:
     """An agent for ``node`` under ``root/node`` (not started): ``--insecure`` unless ``tls`` is given. Agents
     sharing this machine need ``ports`` ranges of their own: a port one agent just chose may not be bound yet
@@ -103,6 +104,7 @@ def agent_process(
     args = ["--state-dir", str(state)]
     if ports is not None:
         args += ["--ports", f"{ports[0]}-{ports[1]}"]
+    args += list(extra)
     if facts is not None:
         facts_path = state / "facts.json"
         facts_path.write_text(json.dumps(facts))

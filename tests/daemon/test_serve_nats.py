@@ -1,0 +1,119 @@
+"""Nodes that join over a real NATS server (the bundled one, run by ``fleetd serve --nats-listen``): a join token
+from ``fleetd node token create`` admits a node ``pending``; a wrong token is refused with the reason in the
+agent's log and the agent exits 1; ``fleetd node approve`` lets the planner use the node; heartbeats reach the
+registry; a restarted agent rejoins with its stored credential."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.agent.remote import agent_process
+from tests.agent.support import processes_with, wait_for
+from tests.daemon.support import Served, fake_llama_executable, free_port
+
+TOKEN_MARK = "served-over-nats"
+
+
+def fleetd(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLEETD_STATE_DIR": str(state)}
+    return subprocess.run(
+        [sys.executable, "-m", "fleetd", *args], env=env, capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def nodes(state: Path) -> dict[str, dict[str, Any]]:
+    shown = fleetd(state, "node", "list", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    return {n["name"]: n for n in json.loads(shown.stdout)["nodes"]}
+
+
+def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    created = fleetd(state, "node", "token", "create", "--uses", "1")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("fjt_") and created.stdout == token + "\n"
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "wrong").write_text("fjt_wrong\n")
+    nats_port = free_port()
+    url = f"nats://127.0.0.1:{nats_port}"
+
+    gpu_a = agent_process(
+        "gpu-a",
+        tmp_path / "agents",
+        facts={"gpu_vendor": "nvidia", "total_vram": "8GiB", "total_ram": "16GiB"},
+        ports=(24600, 24699),
+        extra=("--nats", url, "--join-token-file", str(tmp_path / "token")),
+    )
+    manifest = tmp_path / "fleet.yaml"
+    executable = fake_llama_executable(tmp_path)
+    served: Served | None = None
+    try:
+        gpu_a.start()
+        manifest.write_text(
+            "version: 1\n"
+            f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {executable}}}}}\n"
+            f"nodes:\n  gpu-a: {{address: '{gpu_a.address}'}}\n"
+            "instances:\n"
+            f"  chat: {{backend: fake, model: /models/{TOKEN_MARK}.gguf, vram: 1GiB,"
+            " health: {interval: 100ms, timeout: 1s, startup_timeout: 20s, failure_threshold: 3}}\n"
+        )
+        served = Served(
+            manifest, state, tmp_path / "serve.log", "--nats-listen", f"127.0.0.1:{nats_port}", "--insecure"
+        )
+        wait_for(lambda: "joined the fleet: pending" in gpu_a.log(), timeout_s=60, what="gpu-a to join")
+        seen = wait_for(
+            lambda: (n := nodes(state).get("gpu-a")) and n["heartbeat_age_ms"] is not None and n,
+            timeout_s=30,
+            what="gpu-a's heartbeats",
+        )
+        assert seen["status"] == "pending" and not seen["approved"]
+        assert processes_with(TOKEN_MARK) == []  # nothing placed on a node that is not approved
+
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fleetd",
+                "agent",
+                "--node",
+                "gpu-b",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure",
+                "--state-dir",
+                str(tmp_path / "gpu-b"),
+                "--nats",
+                url,
+                "--join-token-file",
+                str(tmp_path / "wrong"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert refused.returncode == 1
+        assert "refused to admit it: the join token is not one this fleet issued" in refused.stderr
+        assert "gpu-b" not in nodes(state)
+
+        approved = fleetd(state, "node", "approve", "gpu-a")
+        assert approved.returncode == 0, approved.stderr
+        wait_for(lambda: len(processes_with(TOKEN_MARK)) == 1, timeout_s=60, what="chat to start on gpu-a")
+
+        assert gpu_a.stop() == 0
+        gpu_a.start()  # the token is spent: it rejoins with its credential
+        wait_for(lambda: gpu_a.log().count("joined the fleet") == 2, timeout_s=60, what="gpu-a to rejoin")
+        assert "refused" not in gpu_a.log()
+        assert len(processes_with(TOKEN_MARK)) == 1
+    finally:
+        if served is not None:
+            served.stop()
+        gpu_a.stop()
+        for process in processes_with(TOKEN_MARK):
+            process.kill()
