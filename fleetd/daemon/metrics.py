@@ -9,12 +9,14 @@ controller leads. An operator alerts on ``fleetd_manifest_errors > 0`` (a bad ed
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
 from fleetd.controlling.reconciling import CycleResult
 from fleetd.core.observed import NodeStatus, ObservedState, ReplicaState
+from fleetd.transport.bus_messages import DROP_REASONS
 
 
 class Metrics:
@@ -36,6 +38,29 @@ class Metrics:
             "fleetd_manifest_errors", "Errors of the current manifest (0 when valid).", registry=self.registry
         )
         self.leader = Gauge("fleetd_leader", "1 while this controller holds the lease.", registry=self.registry)
+        self.heartbeats = Gauge(
+            "fleetd_heartbeats_accepted", "Heartbeats accepted since start (total).", registry=self.registry
+        )
+        self.heartbeats_dropped = Gauge(
+            "fleetd_heartbeats_dropped",
+            "Heartbeats dropped since start, by reason (total).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.registrations_refused = Gauge(
+            "fleetd_registrations_refused",
+            "Registrations refused since start, by reason (total).",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def bus(self, accepted: int, dropped: Mapping[str, int], refused: Mapping[str, int]) -> None:
+        """The bus's counters (kept by the ingest and admission), copied at each scrape."""
+        self.heartbeats.set(accepted)
+        for reason in DROP_REASONS:
+            self.heartbeats_dropped.labels(reason).set(dropped.get(reason, 0))
+        for reason, count in refused.items():
+            self.registrations_refused.labels(reason).set(count)
 
     def record(self, result: CycleResult) -> None:
         self.cycle_duration.observe(result.duration_s)

@@ -300,9 +300,15 @@ class Daemon:
         return Endpoints(
             alive=lambda: self.worker.alive() and not self._stopping.is_set(),
             ready=self._ready,
-            metrics=self.metrics.exposition,
+            metrics=self._exposition,
             status=self.status,
         )
+
+    def _exposition(self) -> bytes:
+        if self.bus is not None:
+            ingest = self.bus.ingest.counters
+            self.metrics.bus(ingest.accepted, dict(ingest.dropped), dict(self.bus.admission.refused))
+        return self.metrics.exposition()
 
     def _ready(self) -> bool:
         if not self.leadership.registry_answered:

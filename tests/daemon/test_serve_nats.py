@@ -101,6 +101,8 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
         assert refused.returncode == 1
         assert "refused to admit it: the join token is not one this fleet issued" in refused.stderr
         assert "gpu-b" not in nodes(state)
+        assert served.metric("fleetd_registrations_refused") == 1.0
+        assert (served.metric("fleetd_heartbeats_accepted") or 0) >= 1
 
         approved = fleetd(state, "node", "approve", "gpu-a")
         assert approved.returncode == 0, approved.stderr
