@@ -35,6 +35,10 @@ log = logging.getLogger("fleetd.controller")
 KeySource = Callable[[str], bytes | None]
 """A node's heartbeat key (``node_key`` of its credential), or ``None`` for a node with none (unknown)."""
 FLUSH_INTERVAL_S = 0.25
+SWEEP_INTERVAL_S = 1.0
+UNHEALTHY_AFTER_MS = 6_000
+LOST_AFTER_MS = 20_000
+NEVER_MS = 10**15
 UNKNOWN_KEY_RETRY_S = 5.0
 """How long a node without a key is refused before the key source is asked again (unknown nodes beat too)."""
 
@@ -48,6 +52,14 @@ class _Seen:
     backends: frozenset[str]
     structure: tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
     readings: tuple[tuple[str, int, int, int | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    unhealthy: int
+    lost: int
+    bus_suspect: bool
+    """More than half of the live nodes went silent together: marked unhealthy, none taken offline."""
 
 
 @dataclass
@@ -67,6 +79,8 @@ class HeartbeatIngest:
         on_change: Callable[[], None] | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
         clock_s: Callable[[], float] = time.monotonic,
+        unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
+        lost_after_ms: int = LOST_AFTER_MS,
     ) -> None:
         self._registry = registry
         self._keys = keys
@@ -80,6 +94,9 @@ class HeartbeatIngest:
         self._unknown_until: dict[str, float] = {}
         self._logged: set[tuple[str, str]] = set()
         self.counters = IngestCounters()
+        self._unhealthy_after_ms = unhealthy_after_ms
+        self._lost_after_ms = lost_after_ms
+        self.bus_suspect = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -139,11 +156,36 @@ class HeartbeatIngest:
             self._on_change()
         return len(writes)
 
+    def sweep(self) -> Sweep:
+        """Age the silent nodes: ``unhealthy`` after 6 s, ``offline`` (lost: its replicas are re-placed) after
+        20 s, unless more than half of the live nodes are silent together (Kubernetes' unhealthy-zone rule: the
+        bus, not the nodes, is then the likelier fault, and re-placing everything would be the outage)."""
+        live, silent = self._registry.count_silent(silent_after_ms=self._unhealthy_after_ms)
+        suspect = live > 1 and silent * 2 > live
+        if suspect and not self.bus_suspect:
+            log.warning(
+                "%d of %d nodes went silent together: suspect the bus; they are unhealthy, none is lost or re-placed",
+                silent,
+                live,
+            )
+        self.bus_suspect = suspect
+        unhealthy, lost = self._registry.mark_missed_heartbeats(
+            unhealthy_after_ms=self._unhealthy_after_ms,
+            offline_after_ms=NEVER_MS if suspect else self._lost_after_ms,
+        )
+        if (unhealthy or lost) and self._on_change is not None:
+            self._on_change()
+        return Sweep(unhealthy, lost, suspect)
+
     def _run(self) -> None:
+        next_sweep = self._clock_s() + SWEEP_INTERVAL_S
         while not self._stop.wait(self._flush_interval_s):
             try:
                 self.flush()
-            except Exception:  # a database hiccup must not end ingest; the next flush retries newer beats
+                if self._clock_s() >= next_sweep:
+                    next_sweep = self._clock_s() + SWEEP_INTERVAL_S
+                    self.sweep()
+            except Exception:  # a database hiccup must not end ingest; the next round retries
                 log.exception("writing a batch of heartbeats failed")
 
     def _writes(self, batch: dict[str, HeartbeatMessage]) -> tuple[list[BeatWrite], bool]:

@@ -47,6 +47,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.bus_suspect = Gauge(
+            "fleetd_bus_suspect",
+            "1 while more than half of the nodes are silent together: suspect the bus; nothing is re-placed.",
+            registry=self.registry,
+        )
         self.registrations_refused = Gauge(
             "fleetd_registrations_refused",
             "Registrations refused since start, by reason (total).",
@@ -54,8 +59,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def bus(self, accepted: int, dropped: Mapping[str, int], refused: Mapping[str, int]) -> None:
+    def bus(self, accepted: int, dropped: Mapping[str, int], refused: Mapping[str, int], *, suspect: bool) -> None:
         """The bus's counters (kept by the ingest and admission), copied at each scrape."""
+        self.bus_suspect.set(1 if suspect else 0)
         self.heartbeats.set(accepted)
         for reason in DROP_REASONS:
             self.heartbeats_dropped.labels(reason).set(dropped.get(reason, 0))

@@ -307,7 +307,12 @@ class Daemon:
     def _exposition(self) -> bytes:
         if self.bus is not None:
             ingest = self.bus.ingest.counters
-            self.metrics.bus(ingest.accepted, dict(ingest.dropped), dict(self.bus.admission.refused))
+            self.metrics.bus(
+                ingest.accepted,
+                dict(ingest.dropped),
+                dict(self.bus.admission.refused),
+                suspect=self.bus.ingest.bus_suspect,
+            )
         return self.metrics.exposition()
 
     def _ready(self) -> bool:
@@ -331,6 +336,13 @@ class Daemon:
             "last_plan": None,
             "last_apply": _report_json(self.reconciler),
             "replicas": [],
+            "bus": None
+            if self.bus is None
+            else {
+                "suspect": self.bus.ingest.bus_suspect,
+                "heartbeats_accepted": self.bus.ingest.counters.accepted,
+                "heartbeats_dropped": dict(self.bus.ingest.counters.dropped),
+            },
         }
         if seen is not None:
             found = _seen_json(seen)

@@ -71,6 +71,10 @@ class Registry:
         with self.engine.begin() as conn:
             return nodes.mark_unreachable(conn, name, error, now_ms=self.clock())
 
+    def count_silent(self, *, silent_after_ms: int) -> tuple[int, int]:
+        with read_only(self.engine) as conn:
+            return nodes.count_silent(conn, now_ms=self.clock(), silent_after_ms=silent_after_ms)
+
     def mark_missed_heartbeats(self, *, unhealthy_after_ms: int, offline_after_ms: int) -> tuple[int, int]:
         with self.engine.begin() as conn:
             return nodes.mark_missed_heartbeats(

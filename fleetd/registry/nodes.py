@@ -181,6 +181,21 @@ def mark_unreachable(conn: Connection, name: str, error: str, *, now_ms: int) ->
     return bool(result.rowcount)
 
 
+def count_silent(conn: Connection, *, now_ms: int, silent_after_ms: int) -> tuple[int, int]:
+    """(live nodes, live nodes silent for ``silent_after_ms``): live is healthy or unhealthy (the bus guard's
+    denominator: a pending, draining or offline node does not vote)."""
+    live_statuses = [NodeStatus.HEALTHY.value, NodeStatus.UNHEALTHY.value]
+    live = conn.execute(
+        select(func.count()).select_from(nodes).where(nodes.c.status.in_(live_statuses))
+    ).scalar_one()
+    silent = conn.execute(
+        select(func.count())
+        .select_from(nodes)
+        .where(and_(nodes.c.status.in_(live_statuses), nodes.c.last_heartbeat_ms < now_ms - silent_after_ms))
+    ).scalar_one()
+    return int(live), int(silent)
+
+
 def mark_missed_heartbeats(
     conn: Connection, *, now_ms: int, unhealthy_after_ms: int, offline_after_ms: int
 ) -> tuple[int, int]:

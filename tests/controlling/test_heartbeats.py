@@ -154,3 +154,44 @@ def test_the_agent_signs_what_the_controller_accepts(registry: Registry) -> None
     ingest.flush()
     assert {n.name: n.available_vram for n in registry.snapshot().nodes}["gpu-a"] == 9 * GIB
     assert [(r.node, r.address) for r in registry.snapshot().replicas] == [("gpu-a", "10.0.0.5:18001")]
+
+
+def test_silent_nodes_become_unhealthy_then_lost_unless_most_go_silent_together(
+    engine: Engine, clock: ManualClock
+) -> None:
+    registry = Registry(engine, clock)
+    names = ["n1", "n2", "n3", "n4"]
+    keys = {name: node_key(name) for name in names}
+    for name in names:
+        registry.register_node(name, NodeFacts(total_vram=8 * GIB))
+        registry.approve_node(name)
+    changes: list[int] = []
+    ingest = HeartbeatIngest(registry, keys.get, on_change=lambda: changes.append(1))
+
+    def beat_all(seq: int, *, but: tuple[str, ...] = ()) -> None:
+        for name in names:
+            if name not in but:
+                ingest.offer(encode_heartbeat(beat(name, seq), keys[name]))
+        ingest.flush()
+
+    def statuses() -> dict[str, NodeStatus]:
+        return {n.name: n.status for n in registry.snapshot().nodes}
+
+    beat_all(1)
+    clock.advance(7_000)
+    beat_all(2, but=("n4",))
+    result = ingest.sweep()
+    assert (result.unhealthy, result.lost, result.bus_suspect) == (1, 0, False)
+    assert statuses()["n4"] is NodeStatus.UNHEALTHY and changes
+    clock.advance(14_000)
+    beat_all(3, but=("n4",))
+    assert ingest.sweep().lost == 1 and statuses()["n4"] is NodeStatus.OFFLINE
+
+    beat_all(4)  # n4 is back
+    clock.advance(25_000)  # the bus goes away: everyone is silent
+    guarded = ingest.sweep()
+    assert guarded.bus_suspect and guarded.lost == 0
+    assert set(statuses().values()) == {NodeStatus.UNHEALTHY}
+    assert ingest.bus_suspect
+    beat_all(5)
+    assert not ingest.sweep().bus_suspect and set(statuses().values()) == {NodeStatus.HEALTHY}

@@ -67,11 +67,12 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
             manifest, state, tmp_path / "serve.log", "--nats-listen", f"127.0.0.1:{nats_port}", "--insecure"
         )
         wait_for(lambda: "joined the fleet: pending" in gpu_a.log(), timeout_s=60, what="gpu-a to join")
-        seen = wait_for(
-            lambda: (n := nodes(state).get("gpu-a")) and n["heartbeat_age_ms"] is not None and n,
-            timeout_s=30,
-            what="gpu-a's heartbeats",
-        )
+
+        def beating() -> dict[str, Any] | None:
+            node = nodes(state).get("gpu-a")
+            return node if node is not None and node["heartbeat_age_ms"] is not None else None
+
+        seen = wait_for(beating, timeout_s=30, what="gpu-a's heartbeats")
         assert seen["status"] == "pending" and not seen["approved"]
         assert processes_with(TOKEN_MARK) == []  # nothing placed on a node that is not approved
 
