@@ -81,10 +81,13 @@ class HeartbeatIngest:
         clock_s: Callable[[], float] = time.monotonic,
         unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
         lost_after_ms: int = LOST_AFTER_MS,
+        on_flushed: Callable[[list[HeartbeatMessage]], None] | None = None,
     ) -> None:
+        """``on_flushed`` hears the beats of each committed batch (``bench/heartbeats.py`` measures delays)."""
         self._registry = registry
         self._keys = keys
         self._on_change = on_change
+        self._on_flushed = on_flushed
         self._flush_interval_s = flush_interval_s
         self._clock_s = clock_s
         self._lock = threading.Lock()
@@ -149,6 +152,8 @@ class HeartbeatIngest:
             return 0
         writes, changed = self._writes(batch)
         record_heartbeats(self._registry, writes)
+        if self._on_flushed is not None:
+            self._on_flushed(list(batch.values()))
         with self._lock:
             self.counters.written += len(writes)
             self.counters.batches += 1

@@ -9,8 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from tests.agent.remote import agent_process
 from tests.agent.support import processes_with, wait_for
@@ -108,6 +111,21 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
         approved = fleetd(state, "node", "approve", "gpu-a")
         assert approved.returncode == 0, approved.stderr
         wait_for(lambda: len(processes_with(TOKEN_MARK)) == 1, timeout_s=60, what="chat to start on gpu-a")
+        (chat,) = processes_with(TOKEN_MARK)
+
+        # the NATS server dies: serve restarts it, the agent reconnects, heartbeats resume, nothing is re-placed
+        (bus_server,) = [c for c in psutil.Process(served.process.pid).children() if c.name() == "nats-server"]
+        bus_server.kill()
+        killed_at_ms = time.time_ns() // 1_000_000
+
+        def beating_again() -> bool:
+            node = nodes(state)["gpu-a"]
+            age = node["heartbeat_age_ms"]
+            return age is not None and time.time_ns() // 1_000_000 - age > killed_at_ms
+
+        wait_for(beating_again, timeout_s=60, what="heartbeats after the NATS restart")
+        assert [p.pid for p in processes_with(TOKEN_MARK)] == [chat.pid]
+        assert nodes(state)["gpu-a"]["status"] == "healthy"
 
         assert gpu_a.stop() == 0
         gpu_a.start()  # the token is spent: it rejoins with its credential
