@@ -59,7 +59,7 @@ def simulate(url: str, count: int, seconds: float, stop: int, stopped_file: str)
     import nats
 
     async def main() -> None:
-        client = await nats.connect(url, max_pending_size=64 * 1024 * 1024)
+        client = await nats.connect(url, pending_size=64 * 1024 * 1024)
         keys = [node_key(name(i)) for i in range(count)]
         replicas = tuple(
             ReplicaSummary(f"model-{r}", 0, ReplicaState.RUNNING, "sha256:cfg", f"10.0.0.1:{18000 + r}")

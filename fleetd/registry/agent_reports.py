@@ -60,6 +60,33 @@ def sync_replica_rows(
             )
 
 
+def _sync_many(
+    conn: Connection, rows_by_node: dict[str, tuple[replicas.ReplicaRecord, ...]], *, now_ms: int
+) -> None:
+    """``sync_replica_rows`` for many nodes at once: one upsert of every row, one read, one delete."""
+    if not rows_by_node:
+        return
+    replicas.upsert_many(conn, [r for rows in rows_by_node.values() for r in rows], now_ms=now_ms)
+    wanted = {(r.node, r.instance, r.replica) for rows in rows_by_node.values() for r in rows}
+    existing = conn.execute(
+        select(replica_rows.c.node, replica_rows.c.instance, replica_rows.c.replica).where(
+            replica_rows.c.node.in_(list(rows_by_node))
+        )
+    ).all()
+    gone = [{"g_node": n, "g_instance": i, "g_replica": r} for n, i, r in existing if (n, i, r) not in wanted]
+    if gone:
+        conn.execute(
+            delete(replica_rows).where(
+                and_(
+                    replica_rows.c.node == bindparam("g_node"),
+                    replica_rows.c.instance == bindparam("g_instance"),
+                    replica_rows.c.replica == bindparam("g_replica"),
+                )
+            ),
+            gone,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class BeatWrite:
     """One heartbeat's share of a batch: its readings always; its backends and replica rows only when they
@@ -84,8 +111,7 @@ def record_heartbeats(registry: Registry, writes: Sequence[BeatWrite]) -> None:
         for write in ordered:
             for backend in write.new_backends:
                 nodes.set_backend_state(conn, write.beat.node, backend, "installed", now_ms=now)
-            if write.replica_rows is not None:
-                sync_replica_rows(conn, write.beat.node, write.replica_rows, now_ms=now)
+        _sync_many(conn, {w.beat.node: w.replica_rows for w in ordered if w.replica_rows is not None}, now_ms=now)
         readings = [r for w in ordered if w.replica_rows is None for r in w.readings]
         if readings:
             conn.execute(

@@ -9,7 +9,9 @@ replica has been failed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, select, update
 
@@ -95,6 +97,56 @@ def on_node(conn: Connection, node: str) -> tuple[tuple[str, int], ...]:
         .order_by(replicas.c.instance, replicas.c.replica)
     )
     return tuple((instance, index) for instance, index in rows)
+
+
+_UPSERTED = (
+    "state",
+    "address",
+    "pid",
+    "process_start",
+    "container_id",
+    "config_hash",
+    "vram_bytes",
+    "restarts",
+    "last_error",
+    "in_flight",
+    "last_used_ms",
+    "updated_ms",
+)
+
+
+def upsert_many(conn: Connection, records: Sequence[ReplicaRecord], *, now_ms: int) -> None:
+    """``upsert`` of many rows in one executemany statement (heartbeat batches of thousands of nodes)."""
+    if not records:
+        return
+    stmt = insert_for(conn, replicas)
+    excluded = stmt.excluded
+    changes: dict[str, Any] = {name: excluded[name] for name in _UPSERTED}
+    changes["state_since_ms"] = case(
+        (replicas.c.state == excluded.state, func.coalesce(replicas.c.state_since_ms, now_ms)), else_=now_ms
+    )
+    rows = [
+        {
+            "instance": r.instance,
+            "node": r.node,
+            "replica": r.replica,
+            "state": r.state.value,
+            "address": r.address,
+            "pid": r.pid,
+            "process_start": r.process_start,
+            "container_id": r.container_id,
+            "config_hash": r.config_hash,
+            "vram_bytes": r.vram_bytes,
+            "restarts": r.restarts,
+            "last_error": r.last_error,
+            "in_flight": r.in_flight,
+            "last_used_ms": r.last_used_ms,
+            "updated_ms": now_ms,
+            "state_since_ms": now_ms,
+        }
+        for r in records
+    ]
+    conn.execute(stmt.on_conflict_do_update(index_elements=["instance", "node", "replica"], set_=changes), rows)
 
 
 def _state_since(state: ReplicaState, now_ms: int) -> ColumnElement[int]:

@@ -3,6 +3,7 @@ in batches, and a cycle asked for only when what the planner sees changed. On SQ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -195,3 +196,14 @@ def test_silent_nodes_become_unhealthy_then_lost_unless_most_go_silent_together(
     assert ingest.bus_suspect
     beat_all(5)
     assert not ingest.sweep().bus_suspect and set(statuses().values()) == {NodeStatus.HEALTHY}
+
+
+def test_a_replica_the_node_no_longer_reports_loses_its_row(registry: Registry) -> None:
+    ingest = HeartbeatIngest(registry, KEYS.get)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.offer(encode_heartbeat(beat("gpu-b", 1), KEYS["gpu-b"]))
+    ingest.flush()
+    assert len(registry.snapshot().replicas) == 2
+    ingest.offer(encode_heartbeat(dataclasses.replace(beat("gpu-a", 2), replicas=()), KEYS["gpu-a"]))
+    ingest.flush()
+    assert [(r.node, r.instance) for r in registry.snapshot().replicas] == [("gpu-b", "chat")]
