@@ -41,23 +41,7 @@ def sync_replicas(registry: Registry, node: str, records: Sequence[replicas.Repl
 def sync_replica_rows(
     conn: Connection, node: str, records: Sequence[replicas.ReplicaRecord], *, now_ms: int
 ) -> None:
-    seen = {(r.instance, r.replica) for r in records}
-    for record in records:
-        replicas.upsert(conn, record, now_ms=now_ms)
-    rows = conn.execute(
-        select(replica_rows.c.instance, replica_rows.c.replica).where(replica_rows.c.node == node)
-    ).all()
-    for instance, index in rows:
-        if (instance, index) not in seen:
-            conn.execute(
-                delete(replica_rows).where(
-                    and_(
-                        replica_rows.c.node == node,
-                        replica_rows.c.instance == instance,
-                        replica_rows.c.replica == index,
-                    )
-                )
-            )
+    _sync_many(conn, {node: tuple(records)}, now_ms=now_ms)
 
 
 def _sync_many(
