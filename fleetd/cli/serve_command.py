@@ -53,6 +53,25 @@ def serve(
             "--nats-listen", help="HOST:PORT: run the bundled nats-server there and use it.", show_default=False
         ),
     ] = None,
+    unhealthy_after: Annotated[
+        str,
+        typer.Option(
+            "--unhealthy-after", help="A node silent this long is unhealthy: nothing new is placed there."
+        ),
+    ] = "6s",
+    lost_after: Annotated[
+        str,
+        typer.Option(
+            "--lost-after", help="A node silent this long is lost: its replicas are re-placed elsewhere."
+        ),
+    ] = "20s",
+    max_replacements: Annotated[
+        int,
+        typer.Option(
+            "--max-replacements",
+            help="Replicas of lost nodes re-placed per cycle; the rest wait for the next one.",
+        ),
+    ] = 20,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -62,7 +81,7 @@ def serve(
     from fleetd.core.units import UnitError, parse_duration_ms
     from fleetd.daemon.http_api import parse_address
     from fleetd.daemon.nats_server import NatsServerError
-    from fleetd.daemon.serve import ServeOptions
+    from fleetd.daemon.serve import Liveness, ServeOptions
     from fleetd.daemon.serve import serve as run_serve
     from fleetd.transport.bus_api import BusError
 
@@ -71,6 +90,7 @@ def serve(
         ttl_ms = parse_duration_ms(lease_ttl)
         address = None if http == "off" else parse_address(http)
         bus_listen = parse_address(nats_listen) if nats_listen is not None else None
+        liveness = Liveness(parse_duration_ms(unhealthy_after), parse_duration_ms(lost_after), max_replacements)
     except (UnitError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
@@ -87,6 +107,7 @@ def serve(
         access=agent_access(tls_cert, tls_key, tls_ca, insecure),
         nats_url=nats,
         nats_listen=bus_listen,
+        liveness=liveness,
     )
     if nats and nats_listen:
         sys.stderr.write("error: give --nats (a server to use) or --nats-listen (run one), not both\n")

@@ -48,31 +48,47 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """How the declared nodes are reached: ``remote`` (name, address) pairs over gRPC, and the node that this
-    machine's in-process agent serves (``None``: none)."""
+    """How the nodes are reached: ``remote`` (name, address) pairs declared in the manifest, ``joined`` ones
+    admitted over the bus (their agent told its address when it registered), and the node that this machine's
+    in-process agent serves (``None``: none). Every node in ``joined`` beats over the bus, so it is observed
+    through its heartbeats and not polled; ``remote`` nodes that never joined are polled every observation."""
 
     remote: tuple[tuple[str, str], ...] = ()
     local: str | None = None
     unreachable: tuple[str, ...] = ()
     """Declared nodes without an address that are not this machine: nothing can command them."""
+    joined: tuple[tuple[str, str], ...] = ()
+    bus: bool = False
+    """This controller runs a bus: the fleet is distributed even before the first node joins."""
 
     @property
     def distributed(self) -> bool:
-        return bool(self.remote)
+        return bool(self.remote or self.joined or self.bus)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Every remote node's address; the manifest's word wins over the address a node registered."""
+        return {**dict(self.joined), **dict(self.remote)}
+
+    @property
+    def beating(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.joined)
 
 
-def layout_of(desired: DesiredState | None) -> Layout:
-    """Distributed when a declared node has an address; the in-process agent serves the one declared node
-    without an address (none when there are several: which one is this machine is then ambiguous)."""
-    if desired is None:
+def layout_of(
+    desired: DesiredState | None, *, joined: tuple[tuple[str, str], ...] = (), bus: bool = False
+) -> Layout:
+    """Distributed when a declared node has an address, a node joined over the bus, or a bus runs; the
+    in-process agent serves the one declared node without an address (none when there are several: which one is
+    this machine is then ambiguous; nor, with a bus, when the manifest declares no node at all)."""
+    declared = desired.nodes if desired is not None else ()
+    remote = tuple(sorted((n.name, n.address) for n in declared if n.address))
+    if not (remote or joined or bus):
         return Layout()
-    remote = tuple(sorted((n.name, n.address) for n in desired.nodes if n.address))
-    if not remote:
-        return Layout()
-    addressless = sorted(n.name for n in desired.nodes if not n.address)
+    addressless = sorted(n.name for n in declared if not n.address and n.name not in dict(joined))
     if len(addressless) == 1:
-        return Layout(remote, addressless[0])
-    return Layout(remote, None, tuple(addressless))
+        return Layout(remote, addressless[0], joined=joined, bus=bus)
+    return Layout(remote, None, tuple(addressless), joined=joined, bus=bus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +113,11 @@ class DistributedFleet:
         call_timeout_s: float = CALL_TIMEOUT_S,
         unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
         offline_after_ms: int = OFFLINE_AFTER_MS,
+        sweeps: bool = True,
     ) -> None:
-        """``layout`` is read at every observation (``fleetd serve`` follows manifest edits); ``fence`` at
-        every mutating call; ``local`` serves ``layout().local`` in-process."""
+        """``layout`` is read at every observation (``fleetd serve`` follows manifest edits and joins);
+        ``fence`` at every mutating call; ``local`` serves ``layout().local`` in-process. ``sweeps``: age the
+        silent nodes after each observation; off when a bus's heartbeat ingest does it (one rule, one place)."""
         self.registry = registry
         self._security = security
         self._layout = layout
@@ -108,6 +126,8 @@ class DistributedFleet:
         self._call_timeout_s = call_timeout_s
         self._unhealthy_after_ms = unhealthy_after_ms
         self._offline_after_ms = offline_after_ms
+        self._sweeps = sweeps
+        self._probed: set[str] = set()
         self._clients: dict[str, GrpcAgentClient] = {}
         self._answered: dict[str, AgentClient] = {}
         self._facts: dict[str, NodeFacts] = {}
@@ -126,14 +146,24 @@ class DistributedFleet:
     def observe(self) -> ObservedState:
         layout = self._layout()
         self._follow(layout)
-        agents: dict[str, AgentClient] = dict(self._clients)
+        beating = layout.beating
+        polled: dict[str, AgentClient] = {n: c for n, c in self._clients.items() if n not in beating}
         if self._local is not None and layout.local is not None:
-            agents[layout.local] = self._local
-        answers = list(self._pool.map(_ask, agents.values()))
-        self._answered = {a.node: agents[a.node] for a in answers if a.error is None}
+            polled[layout.local] = self._local
+        probed = {n: self._clients[n] for n in sorted(beating) if n not in self._probed or n in self.errors}
+        answers = list(self._pool.map(_ask, [*polled.values(), *probed.values()]))
+        addresses = layout.addresses
         for answer in answers:
-            self._record(answer, dict(layout.remote).get(answer.node))
-        self._sweep(failed=sum(1 for a in answers if a.error is not None), total=len(answers))
+            if answer.node in probed:
+                self._probed.add(answer.node)
+                self._record_probe(answer)
+            else:
+                self._record(answer, addresses.get(answer.node))
+        self._answered = {a.node: polled[a.node] for a in answers if a.error is None and a.node in polled}
+        self._answered.update((n, self._clients[n]) for n in beating if n not in self.errors)
+        if self._sweeps:
+            polled_answers = [a for a in answers if a.node in polled]
+            self._sweep(failed=sum(1 for a in polled_answers if a.error is not None), total=len(polled_answers))
         return self.registry.snapshot()
 
     def observe_settled(self, *, timeout_s: float = SETTLE_TIMEOUT_S) -> ObservedState:
@@ -161,11 +191,12 @@ class DistributedFleet:
     # helpers --------------------------------------------------------------------------------------------------
 
     def _follow(self, layout: Layout) -> None:
-        """One client per declared remote node, at its declared address (a changed address gets a new one)."""
-        wanted = dict(layout.remote)
+        """One client per remote node, at its address (a changed address gets a new one, probed again)."""
+        wanted = layout.addresses
         for name in [n for n, c in self._clients.items() if wanted.get(n) != c.address]:
             self._clients.pop(name).close()
             self._facts.pop(name, None)
+            self._probed.discard(name)
         for name, address in wanted.items():
             if name not in self._clients:
                 self._clients[name] = GrpcAgentClient(
@@ -187,6 +218,7 @@ class DistributedFleet:
         assert answer.report is not None
         if self.errors.pop(answer.node, None) is not None:
             log.info("node %s answers again", answer.node)
+        self.registry.clear_node_error(answer.node)  # its row may keep an error from before this controller
         facts = node_facts(answer.report)
         known = self._facts.get(answer.node)
         if known is None or (known.gpu_vendor, known.total_vram, known.total_ram) != (
@@ -198,6 +230,20 @@ class DistributedFleet:
             self._facts[answer.node] = facts
         record_report(self.registry, heartbeat(answer.report), answer.report.backends)
         sync_replicas(self.registry, answer.node, [replica_record(answer.node, s) for s in answer.replicas])
+
+    def _record_probe(self, answer: _Answer) -> None:
+        """A node that beats over the bus was asked for its health once (new to this controller, or its gRPC
+        path failed before): its heartbeats say it lives, so a failure here means the controller cannot command
+        it; it is ``unhealthy`` with that reason until a later probe gets through."""
+        if answer.error is None:
+            if self.errors.pop(answer.node, None) is not None:
+                log.info("node %s answers over gRPC again", answer.node)
+                self.registry.clear_node_error(answer.node)
+            return
+        if self.errors.get(answer.node) != answer.error:
+            log.warning("%s (its heartbeats arrive: the gRPC path to it fails)", answer.error)
+        self.errors[answer.node] = answer.error
+        self.registry.mark_unreachable(answer.node, answer.error)
 
     def _sweep(self, *, failed: int, total: int) -> None:
         """Age silent nodes: unhealthy, then offline, unless most nodes went silent together."""

@@ -52,6 +52,8 @@ class _Seen:
     backends: frozenset[str]
     structure: tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
     readings: tuple[tuple[str, int, int, int | None], ...]
+    at_s: float = 0.0
+    """When it was written (``clock_s``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,30 +196,45 @@ class HeartbeatIngest:
                 log.exception("writing a batch of heartbeats failed")
 
     def _writes(self, batch: dict[str, HeartbeatMessage]) -> tuple[list[BeatWrite], bool]:
+        """What to write for each beat, and whether any changed what the planner sees (a replica's structure,
+        a new backend, a node back from silence)."""
         writes: list[BeatWrite] = []
         changed = False
+        now_s = self._clock_s()
         for node, message in batch.items():
-            seen = _seen_of(message)
+            seen = _seen_of(message, now_s)
             with self._lock:
-                before = self._seen.get(node)
+                previous = self._seen.get(node)
                 self._seen[node] = seen
+            before = self._known(previous, message, now_s)
+            returned = previous is not None and (now_s - previous.at_s) * 1000 >= self._unhealthy_after_ms
+            changed = changed or returned or previous is None or previous.structure != seen.structure
+            changed = changed or bool(seen.backends - previous.backends if previous else seen.backends)
             new_backends = tuple(sorted(seen.backends - (before.backends if before else frozenset())))
             records = tuple(_record(node, r) for r in message.replicas)
-            structure_changed = before is None or before.structure != seen.structure
-            changed = changed or structure_changed or bool(new_backends)
+            structure = before is None or before.structure != seen.structure
             writes.append(
                 BeatWrite(
                     Heartbeat(node, message.available_vram, message.available_ram),
                     new_backends,
-                    records if structure_changed else None,
-                    records
-                    if before is not None and not structure_changed and before.readings != seen.readings
-                    else (),
+                    records if structure else None,
+                    records if before is not None and not structure and before.readings != seen.readings else (),
                 )
             )
         return writes, changed
 
     # helpers --------------------------------------------------------------------------------------------------
+
+    def _known(self, before: _Seen | None, message: HeartbeatMessage, now_s: float) -> _Seen | None:
+        """What this controller may assume the registry holds for the node: its own last write, unless others
+        may have written since. That is so when this controller did not get the node's previous beat (another
+        controller of the queue group did) or the node was silent long enough to be marked unhealthy (then lost:
+        its replicas' rows forgotten); the beat is then written in full."""
+        if before is None or before.boot != message.boot or message.seq != before.seq + 1:
+            return None
+        if (now_s - before.at_s) * 1000 >= self._unhealthy_after_ms:
+            return None
+        return before
 
     def _key(self, node: str) -> bytes | None:
         with self._lock:
@@ -245,9 +262,10 @@ class HeartbeatIngest:
         return exc.reason
 
 
-def _seen_of(message: HeartbeatMessage) -> _Seen:
+def _seen_of(message: HeartbeatMessage, at_s: float) -> _Seen:
     replicas = sorted(message.replicas, key=lambda r: (r.instance, r.replica))
     return _Seen(
+        at_s=at_s,
         boot=message.boot,
         seq=message.seq,
         backends=frozenset(message.backends),

@@ -1,7 +1,8 @@
 """Which fleet a controller opens for a manifest: embedded, or distributed (DESIGN.md section 3).
 
-A manifest none of whose nodes has an ``address`` runs embedded: one in-process agent, as before. A node
-with an address makes the fleet distributed: a ``GrpcAgentClient`` per addressed node, secured as
+A manifest none of whose nodes has an ``address`` runs embedded: one in-process agent, as before, unless nodes
+joined over the bus (or ``serve`` runs one). A node with an address, or one that joined, makes the fleet
+distributed: a ``GrpcAgentClient`` per addressed node, secured as
 ``AgentAccess`` says (mutual TLS, or ``--insecure`` chosen out loud), and the in-process agent for the one
 declared node without an address, if any. ``plan``, ``apply``, ``status`` and ``serve`` all open their fleet
 here, so the mode never depends on which command runs.
@@ -55,17 +56,24 @@ def open_fleet(
     state_dir: Path | None = None,
     layout: Callable[[], Layout] | None = None,
     on_replica_change: Callable[[], None] | None = None,
+    sweeps: bool = True,
 ) -> OpenFleet:
-    """The fleet ``desired`` describes. ``layout`` (default: ``desired``'s, fixed) is re-read by a distributed
-    fleet at each observation, so that ``serve`` follows edits of the nodes' addresses. Raises
-    ``SecurityError`` when remote nodes are declared and ``access`` cannot be used."""
-    initial = layout_of(desired)
-    if not initial.distributed:
-        return open_embedded(state_dir, database_url=database_url, on_replica_change=on_replica_change)
-    security = access.security()
+    """The fleet ``desired`` describes, with the nodes that joined over the bus. ``layout`` (default:
+    ``desired``'s and the registry's joined nodes, fixed) is re-read by a distributed fleet at each observation,
+    so that ``serve`` follows edits of the nodes' addresses and new joins. ``sweeps``: see ``DistributedFleet``.
+    Raises ``SecurityError`` when the fleet has remote nodes and ``access`` cannot be used."""
     state = state_dir or default_state_dir()
     state.mkdir(parents=True, exist_ok=True)
     registry = open_registry(database_url or f"sqlite:///{state / 'fleetd.db'}")
+    initial = layout() if layout is not None else layout_of(desired, joined=registry.joined_nodes())
+    if not initial.distributed:
+        registry.engine.dispose()
+        return open_embedded(state_dir, database_url=database_url, on_replica_change=on_replica_change)
+    try:
+        security = access.security()
+    except Exception:
+        registry.engine.dispose()
+        raise
     local = None
     if initial.local is not None:
         local = LocalAgent(initial.local, state, on_replica_change=on_replica_change)
@@ -74,7 +82,9 @@ def open_fleet(
         registry.register_node(initial.local, node_facts(report))
         registry.approve_node(initial.local)  # this machine: trusted by definition, as in the embedded mode
         record_report(registry, heartbeat(report), report.backends)
-    return DistributedFleet(registry, security, layout=layout or (lambda: initial), fence=fence, local=local)
+    return DistributedFleet(
+        registry, security, layout=layout or (lambda: initial), fence=fence, local=local, sweeps=sweeps
+    )
 
 
 def estimate_readers(desired: DesiredState, access: AgentAccess | None) -> dict[str, GrpcAgentClient]:
@@ -86,7 +96,6 @@ def estimate_readers(desired: DesiredState, access: AgentAccess | None) -> dict[
     return {name: GrpcAgentClient(name, address, security) for name, address in layout.remote}
 
 
-def fleet_kind(desired: DesiredState | None) -> tuple[bool, str | None]:
+def fleet_kind(layout: Layout) -> tuple[bool, str | None]:
     """What decides whether an open fleet still fits the manifest: distributed or not, and the local node."""
-    layout = layout_of(desired)
     return (layout.distributed, layout.local if layout.distributed else None)

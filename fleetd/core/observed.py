@@ -82,6 +82,9 @@ class ObservedReplica:
     state_since: str | None = None
     restart_requested: bool = False
     """A person asked for a restart (``fleetd replica restart``); an input, like in-flight, not in the fingerprint."""
+    replaced: bool = False
+    """Forgotten while its node was lost (and replaced elsewhere), then reported again by the returning node: the
+    first to go when the instance has more replicas than it needs."""
     """ISO 8601 UTC timestamp of the last change of ``state``, or ``None`` when unknown (a registry from before
     it was kept). A live reading like ``last_used``: not part of the fingerprint."""
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetd.controlling.admission import QUEUE, Admission
-from fleetd.controlling.heartbeats import HeartbeatIngest, registry_keys
+from fleetd.controlling.heartbeats import LOST_AFTER_MS, UNHEALTHY_AFTER_MS, HeartbeatIngest, registry_keys
 from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.facade import Registry
 from fleetd.transport.bus_api import Subscription
@@ -34,6 +34,8 @@ class ControllerBus:
         listen: tuple[str, int] | None,
         on_change: Callable[[], None],
         say: Callable[[str], None],
+        unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
+        lost_after_ms: int = LOST_AFTER_MS,
     ) -> None:
         self._registry = registry
         self._state_dir = state_dir
@@ -43,7 +45,13 @@ class ControllerBus:
         self.server: BundledNats | None = None
         self.bus: NatsBus | None = None
         self.admission = Admission(registry)
-        self.ingest = HeartbeatIngest(registry, registry_keys(registry), on_change=on_change)
+        self.ingest = HeartbeatIngest(
+            registry,
+            registry_keys(registry),
+            on_change=on_change,
+            unhealthy_after_ms=unhealthy_after_ms,
+            lost_after_ms=lost_after_ms,
+        )
         self._subscriptions: list[Subscription] = []
 
     def start(self) -> None:

@@ -1,7 +1,7 @@
 """The Prometheus metrics of ``fleetd serve``, in a registry of their own (not the process-global one).
 
 A cycle's result updates them: how long it took, which actions ran with which outcome, the drift the plan
-found, replicas per state and nodes per status, the current manifest's error count, and whether this
+found, the lost nodes' replicas re-placed (and deferred by the budget), replicas per state and nodes per status, the current manifest's error count, and whether this
 controller leads. An operator alerts on ``fleetd_manifest_errors > 0`` (a bad edit is being ignored) and on
 ``fleetd_drift`` staying above zero (the fleet does not converge).
 """
@@ -16,6 +16,7 @@ from prometheus_client import Counter as PromCounter
 
 from fleetd.controlling.reconciling import CycleResult
 from fleetd.core.observed import NodeStatus, ObservedState, ReplicaState
+from fleetd.planning.plans import Reason
 from fleetd.transport.bus_messages import DROP_REASONS
 
 
@@ -52,6 +53,16 @@ class Metrics:
             "1 while more than half of the nodes are silent together: suspect the bus; nothing is re-placed.",
             registry=self.registry,
         )
+        self.replacements = PromCounter(
+            "fleetd_replacements",
+            "Replicas of lost nodes forgotten and re-placed elsewhere.",
+            registry=self.registry,
+        )
+        self.replacements_deferred = Gauge(
+            "fleetd_replacements_deferred",
+            "Replicas of lost nodes the last plan left for the next cycle (--max-replacements).",
+            registry=self.registry,
+        )
         self.registrations_refused = Gauge(
             "fleetd_registrations_refused",
             "Registrations refused since start, by reason (total).",
@@ -73,6 +84,12 @@ class Metrics:
         for outcome in result.report.outcomes if result.report is not None else ():
             self.actions.labels(outcome.kind, outcome.status).inc()
         self.drift.set(len(result.plan.actions) if result.plan is not None else 0)
+        self.replacements_deferred.set(result.plan.deferred if result.plan is not None else 0)
+        if result.plan is not None and result.report is not None:
+            lost = {a.id for a in result.plan.actions if a.reason is Reason.NODE_LOST}
+            self.replacements.inc(
+                sum(1 for o in result.report.outcomes if o.action_id in lost and o.status == "ok")
+            )
         self.manifest_errors.set(result.manifest_errors)
         self.observed(result.observed)
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from fleetd.controlling.distributed import DistributedFleet, layout_of
+from fleetd.controlling.distributed import DistributedFleet, Layout, layout_of
 from fleetd.controlling.embedded import EmbeddedFleet
+from fleetd.controlling.heartbeats import LOST_AFTER_MS, UNHEALTHY_AFTER_MS
 from fleetd.controlling.leadership import Leadership
 from fleetd.controlling.opening import AgentAccess, OpenFleet, fleet_kind, open_fleet
 from fleetd.controlling.reconciling import CycleResult, Reconciler, summary_line
@@ -37,6 +38,7 @@ from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, interval_scheduler
 from fleetd.executing import Fence
+from fleetd.planning.planner import PlanPolicy
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
 from fleetd.transport.agent_api import CallerFence, InstallProgress, ReplicaStatus
@@ -44,6 +46,22 @@ from fleetd.transport.security import INSECURE_MARK
 
 REPLICA_EVENT_GAP_S = 0.25
 """At most four cycles a second come from replica events (crash loops); manifest edits are not spaced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """When a silent node is ``unhealthy`` and when ``lost``, and how many of the lost nodes' replicas one
+    cycle re-places (``--unhealthy-after``, ``--lost-after``, ``--max-replacements``)."""
+
+    unhealthy_after_ms: int = UNHEALTHY_AFTER_MS
+    lost_after_ms: int = LOST_AFTER_MS
+    max_replacements: int = PlanPolicy().max_replacements
+
+    def __post_init__(self) -> None:
+        if not 0 < self.unhealthy_after_ms < self.lost_after_ms:
+            raise ValueError("--unhealthy-after must be positive and shorter than --lost-after")
+        if self.max_replacements < 1:
+            raise ValueError("--max-replacements must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +79,7 @@ class ServeOptions:
     nats_url: str | None = None
     nats_listen: tuple[str, int] | None = None
     """Run the bundled nats-server here (and use it)."""
+    liveness: Liveness = field(default_factory=Liveness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +113,7 @@ class Daemon:
         self.metrics = Metrics()
         self.reconciler = Reconciler(
             PathSource(options.paths),
+            policy=PlanPolicy(max_replacements=options.liveness.max_replacements),
             who=f"serve:{socket.gethostname()}:{os.getpid()}",
             on_progress=self._install_progress,
         )
@@ -118,6 +138,8 @@ class Daemon:
                 listen=options.nats_listen,
                 on_change=self._replica_events,
                 say=self._say,
+                unhealthy_after_ms=options.liveness.unhealthy_after_ms,
+                lost_after_ms=options.liveness.lost_after_ms,
             )
 
     # lifecycle ----------------------------------------------------------------------------------------------
@@ -200,32 +222,40 @@ class Daemon:
         self.metrics.record(result)
         self._report(result)
         self._announce(replicas)
+        if result.plan is not None and result.plan.deferred:
+            self._replica_events()  # re-placements the budget deferred: the next cycle takes the next batch
         if not self._ready_sent:
             self._ready_sent = notify("READY=1") or True
 
     def _open_fleet(self) -> OpenFleet:
         """The fleet the manifest describes (embedded, or distributed when its nodes have addresses), reopened
         when an edit switches between the two or changes which node is this machine."""
-        desired = self.reconciler.manifest.read().desired
-        kind = fleet_kind(desired)
+        self.reconciler.manifest.read()
+        kind = fleet_kind(self._layout())
         if self._fleet is not None and kind != self._fleet_kind:
             self._say("the manifest's nodes changed the fleet's layout: reopening it")
             self._close_fleet(stop_replicas=False)
         if self._fleet is None:
             self._fleet = open_fleet(
-                desired,
+                self.reconciler.desired,
                 database_url=self._options.database_url,
                 access=self._options.access,
                 fence=self._caller_fence,
                 state_dir=self._state_dir,
-                layout=lambda: layout_of(self.reconciler.desired),
+                layout=self._layout,
                 on_replica_change=self._replica_events,
+                sweeps=self.bus is None,  # with a bus, the heartbeat ingest ages every node
             )
             self._fleet_kind = kind
             if kind[0]:
                 how = INSECURE_MARK if self._options.access.insecure else "over mutual TLS"
                 self._say(f"distributed fleet: agents reached {how}")
         return self._fleet
+
+    def _layout(self) -> Layout:
+        """The manifest's nodes and, with a bus, those that joined over it (read at every observation)."""
+        joined = self._registry.joined_nodes() if self.bus is not None else ()
+        return layout_of(self.reconciler.desired, joined=joined, bus=self.bus is not None)
 
     def _caller_fence(self) -> CallerFence | None:
         fence = self.leadership.fence

@@ -150,10 +150,10 @@ def forget(ctx: StepContext, action: Action) -> StepResult:
     """A replica on a lost node (offline, or gone from the registry): its row is removed under its durable
     intent, and no agent is asked (there is none to answer). Its replacement is planned beside this action,
     rather than failing every apply until the node returns. Nothing is lost: a node that comes back reports
-    what it still runs, and the next plan stops what is no longer wanted."""
+    what it still runs, and the next plan stops what is no longer wanted, this replica first (its tombstone)."""
     instance, node, index = replica_key(action)
     op_id = ctx.writes.record_intent(node, f"{instance}/{index}", action.kind.value, _payload(ctx, action))
-    ctx.writes.remove_replica(instance, node, index)
+    ctx.writes.forget_replica(instance, node, index)
     ctx.writes.complete_op(op_id)
     return StepResult(f"node {node} is lost: forgot the replica; if the node returns, its agent reports it")
 

@@ -108,6 +108,7 @@ class Writes:
     def upsert_replica(self, record: replicas.ReplicaRecord) -> None:
         with self._fenced() as conn:
             replicas.upsert(conn, record, now_ms=self.now())
+            replicas.end_tombstone(conn, record.instance, record.node, record.replica)
 
     def set_replica_state(
         self, instance: str, node: str, replica: int, state: ReplicaState, *, error: str | None = None
@@ -119,9 +120,14 @@ class Writes:
         with self._fenced() as conn:
             restart_requests.clear(conn, instance, node, replica)
 
+    def forget_replica(self, instance: str, node: str, replica: int) -> None:
+        with self._fenced() as conn:
+            replicas.forget(conn, instance, node, replica, now_ms=self.now())
+
     def remove_replica(self, instance: str, node: str, replica: int) -> None:
         with self._fenced() as conn:
             replicas.remove(conn, instance, node, replica)
+            replicas.end_tombstone(conn, instance, node, replica)
 
     # apply log
     def record_apply(self, entry: apply_log.ApplyRecord) -> int:

@@ -32,6 +32,9 @@ class PlanPolicy:
     scale_down_idle_ms: int = 600_000
     """Replicas above ``min_replicas`` idle this long are unloaded when the instance sets no ``idle_timeout``."""
     hysteresis: HysteresisPolicy = field(default_factory=HysteresisPolicy)
+    max_replacements: int = 20
+    """Replicas on lost nodes forgotten and re-placed per plan; the rest wait for the next cycle (``deferred``),
+    so a partition that takes many nodes at once cannot move the whole fleet in one cycle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,10 @@ class Draft:
     """Node name -> ids of the approve_node / set_labels actions a load there must wait for."""
     installs: dict[tuple[str, str], str] = field(default_factory=dict)
     """(node, backend) -> id of the install_backend action planned for it."""
+    replacements: int = 0
+    """Replicas on lost nodes forgotten (and so re-placed) by this plan so far."""
+    deferred: int = 0
+    """Replicas on lost nodes left for the next cycle by ``PlanPolicy.max_replacements``."""
 
     def add_unschedulable(self, entry: Unschedulable) -> None:
         """Record replicas that cannot run, merged with what the instance already has (one entry each)."""

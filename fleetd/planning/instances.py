@@ -2,7 +2,7 @@
 
 Instances are planned one after the other, highest priority first, each through the same steps:
 1. classify its replicas: staying, moving (drained or undeclared node), gone (lost node, evicted), failed;
-2. forget the replicas on lost nodes;
+2. forget the replicas on lost nodes (within the plan's re-placement budget; the rest wait a cycle);
 3. stop: the target count, and the unloads above it (scale down, idle), which free room for what follows;
 4. rollout: restart stale or unhealthy replicas in batches (skipped when every staying replica is fresh);
 5. place the missing replicas, moved and gone ones first, with placement hysteresis;
@@ -38,13 +38,14 @@ def plan_instance(
         return  # converged: nothing to stop, restart or place
     size = spec.vram_bytes if spec.vram_bytes is not None else p.inputs.estimates.get(spec.name, 0)
     need = Need(spec, backend, want, size)
+    deferred = 0
     if classified.gone:
-        forget_lost(p, need, classified)
+        classified, deferred = forget_lost(p, need, classified)
     if len(staying) + len(classified.moving) + len(classified.failed) > target:
         classified = scale_down(p, need, classified, target)
     if not classified.settled:
         rollout(p, need, classified.staying)
-    missing = target - len(classified.staying) - len(classified.failed)
+    missing = target - len(classified.staying) - len(classified.failed) - deferred
     if missing > 0 or classified.failed:
         indexes = ReplicaIndexes(observed)
         place_missing(p, need, classified, missing, indexes)

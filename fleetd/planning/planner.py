@@ -71,6 +71,7 @@ def plan(
         created_at=iso_from_ms(now_ms),
         notes=tuple(draft.notes),
         scheduling=tuple(sorted(draft.kept_records, key=lambda r: r.instance)),
+        deferred=draft.deferred,
     )
 
 

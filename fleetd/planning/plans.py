@@ -275,6 +275,8 @@ class Plan:
     """Observed drift worth a person's attention that needs no action (kept apart from the actions)."""
     scheduling: tuple[SchedulingRecord, ...] = ()
     """Hysteresis records to persist after this cycle (not part of the plan hash: they execute nothing)."""
+    deferred: int = 0
+    """Replicas on lost nodes left for the next cycle by the re-placement budget: the daemon cycles again."""
 
     @property
     def hash(self) -> str:

@@ -72,14 +72,14 @@ def _pick_for_removal(
     p: Pass, spec: InstanceSpec, classified: Classified, count: int
 ) -> list[tuple[ObservedReplica, Reason]]:
     """Replicas to unload when there are more than the target: those being moved first (keeping their
-    reason), then unhealthy or failed, then least recently used (one with requests in flight is in use now),
-    then highest index."""
+    reason), then those replaced while their node was lost (back with it: reason ``node_lost``), then unhealthy
+    or failed, then least recently used (one with requests in flight is in use now), then highest index."""
     chosen = list(classified.moving[:count])
 
-    def preference(r: ObservedReplica) -> tuple[int, int, int]:
+    def preference(r: ObservedReplica) -> tuple[int, int, int, int]:
         healthy = 0 if r.state in (ReplicaState.UNHEALTHY, ReplicaState.FAILED) else 1
         used = p.inputs.now_ms if r.in_flight > 0 else (_idle_since_ms(r) or 0)
-        return (healthy, used, -r.replica)
+        return (0 if r.replaced else 1, healthy, used, -r.replica)
 
     kept = classified.staying
     if classified.failed:  # in replica order, as if they had stayed
@@ -90,7 +90,10 @@ def _pick_for_removal(
 
 
 def _scale_down_reason(p: Pass, spec: InstanceSpec, replica: ObservedReplica) -> Reason:
-    """``idle`` when the instance's own ``idle_timeout`` ran out on this replica, ``scale_down`` otherwise."""
+    """``node_lost`` for a replica replaced while its node was lost, ``idle`` when the instance's own
+    ``idle_timeout`` ran out on this replica, ``scale_down`` otherwise."""
+    if replica.replaced:
+        return Reason.NODE_LOST
     if spec.idle_timeout_ms and _is_idle(p, spec, replica):
         return Reason.IDLE
     return Reason.SCALE_DOWN

@@ -41,3 +41,14 @@ def credential_hash(conn: Connection, node: str) -> str | None:
         select(nodes.c.credential_hash).where(nodes.c.name == node)
     ).scalar_one_or_none()
     return found
+
+
+def joined(conn: Connection) -> tuple[tuple[str, str], ...]:
+    """(name, address) of every node that joined over the bus (it has a credential) and said where its agent
+    listens: the controller reaches these over gRPC and observes them through their heartbeats."""
+    rows = conn.execute(
+        select(nodes.c.name, nodes.c.address)
+        .where(nodes.c.credential_hash.is_not(None), nodes.c.address.is_not(None))
+        .order_by(nodes.c.name)
+    )
+    return tuple((name, address) for name, address in rows)

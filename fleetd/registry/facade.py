@@ -71,6 +71,10 @@ class Registry:
         with self.engine.begin() as conn:
             return nodes.mark_unreachable(conn, name, error, now_ms=self.clock())
 
+    def clear_node_error(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            nodes.clear_error(conn, name, now_ms=self.clock())
+
     def count_silent(self, *, silent_after_ms: int) -> tuple[int, int]:
         with read_only(self.engine) as conn:
             return nodes.count_silent(conn, now_ms=self.clock(), silent_after_ms=silent_after_ms)
@@ -119,6 +123,10 @@ class Registry:
     def node_credential_hash(self, name: str) -> str | None:
         with read_only(self.engine) as conn:
             return credentials.credential_hash(conn, name)
+
+    def joined_nodes(self) -> tuple[tuple[str, str], ...]:
+        with read_only(self.engine) as conn:
+            return credentials.joined(conn)
 
     # reservations
     def reserve(self, node: str, size: int, op_id: str, *, ttl_ms: int) -> reservations.Reservation | None:

@@ -133,7 +133,9 @@ def approve(conn: Connection, name: str, *, now_ms: int) -> None:
 
 
 def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> None:
-    """Record readings of many nodes in one batched statement; unhealthy/offline approved nodes recover.
+    """Record readings of many nodes in one batched statement; unhealthy/offline approved nodes recover, unless
+    the controller could not reach their agent (``last_error``: their heartbeats arrive, their gRPC path fails;
+    ``clear_error`` ends that).
 
     Rows are updated in node-name order whatever order the batch came in, so two controllers writing
     overlapping batches at once lock the rows in the same order and cannot deadlock (on PostgreSQL).
@@ -149,7 +151,6 @@ def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> N
             available_ram=bindparam("b_ram"),
             last_heartbeat_ms=now_ms,
             updated_ms=now_ms,
-            last_error=None,
         ),
         [{"b_node": b.node, "b_vram": b.available_vram, "b_ram": b.available_ram} for b in beats],
     )
@@ -160,10 +161,33 @@ def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> N
                 nodes.c.name.in_([b.node for b in beats]),
                 nodes.c.approved.is_(True),
                 nodes.c.status.in_([NodeStatus.UNHEALTHY.value, NodeStatus.OFFLINE.value]),
+                nodes.c.last_error.is_(None),
             )
         )
         .values(status=NodeStatus.HEALTHY.value)
     )
+
+
+def clear_error(conn: Connection, name: str, *, now_ms: int) -> None:
+    """The node's agent answers again: forget why it did not, and an unhealthy approved node is healthy (a silent
+    one is made unhealthy again by the next sweep)."""
+    result = conn.execute(
+        update(nodes)
+        .where(and_(nodes.c.name == name, nodes.c.last_error.is_not(None)))
+        .values(last_error=None, updated_ms=now_ms)
+    )
+    if result.rowcount:
+        conn.execute(
+            update(nodes)
+            .where(
+                and_(
+                    nodes.c.name == name,
+                    nodes.c.approved.is_(True),
+                    nodes.c.status == NodeStatus.UNHEALTHY.value,
+                )
+            )
+            .values(status=NodeStatus.HEALTHY.value)
+        )
 
 
 def mark_unreachable(conn: Connection, name: str, error: str, *, now_ms: int) -> bool:

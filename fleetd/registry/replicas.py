@@ -4,7 +4,8 @@
 replica through starting -> running -> unhealthy/stopping/failed; ``remove`` forgets a stopped one. Both
 writers keep ``state_since_ms``, when the state last changed: set to now when the state changes (or when a row
 from before the column was added is written), kept when it does not. The planner reads it to tell how long a
-replica has been failed.
+replica has been failed. ``forget`` removes the row of a replica on a lost node and keeps a tombstone of it
+(``tombstones``): a returning node may report it again, and the planner then stops it first.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, insert, select, update
 
 from fleetd.core.observed import ReplicaState
 from fleetd.registry.dialects import insert_for
-from fleetd.registry.tables import replicas
+from fleetd.registry.tables import replaced_replicas, replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +158,33 @@ def _state_since(state: ReplicaState, now_ms: int) -> ColumnElement[int]:
         (replicas.c.state == state.value, func.coalesce(replicas.c.state_since_ms, now_ms)),
         else_=now_ms,
     )
+
+
+def forget(conn: Connection, instance: str, node: str, replica: int, *, now_ms: int) -> None:
+    """Remove the row of a replica on a lost node and keep its tombstone (``replaced_replicas``)."""
+    remove(conn, instance, node, replica)
+    end_tombstone(conn, instance, node, replica)
+    conn.execute(
+        insert(replaced_replicas).values(instance=instance, node=node, replica=replica, replaced_ms=now_ms)
+    )
+
+
+def end_tombstone(conn: Connection, instance: str, node: str, replica: int) -> None:
+    """The controller loads or unloads this replica itself: a tombstone of it, if any, no longer applies."""
+    conn.execute(
+        delete(replaced_replicas).where(
+            and_(
+                replaced_replicas.c.instance == instance,
+                replaced_replicas.c.node == node,
+                replaced_replicas.c.replica == replica,
+            )
+        )
+    )
+
+
+def tombstones(conn: Connection) -> frozenset[tuple[str, str, int]]:
+    """(instance, node, replica) of every replica forgotten on a lost node and not loaded or unloaded since."""
+    rows = conn.execute(
+        select(replaced_replicas.c.instance, replaced_replicas.c.node, replaced_replicas.c.replica)
+    )
+    return frozenset((instance, node, replica) for instance, node, replica in rows)

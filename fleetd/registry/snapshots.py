@@ -21,6 +21,7 @@ from fleetd.core.observed import (
     SchedulingRecord,
 )
 from fleetd.core.timestamps import iso_from_ms
+from fleetd.registry.replicas import tombstones
 from fleetd.registry.tables import node_backends, node_labels, nodes, replicas, scheduling_state
 
 
@@ -91,6 +92,7 @@ def _nodes(conn: Connection) -> tuple[ObservedNode, ...]:
 
 
 def _replicas(conn: Connection) -> tuple[ObservedReplica, ...]:
+    replaced = tombstones(conn)
     rows = conn.execute(
         select(
             replicas.c.instance,
@@ -123,6 +125,7 @@ def _replicas(conn: Connection) -> tuple[ObservedReplica, ...]:
             last_error=last_error,
             state_since=_iso(state_since),
             restart_requested=requested is not None,
+            replaced=bool(replaced) and (instance, node, index) in replaced,
         )
         for (
             instance,

@@ -154,6 +154,17 @@ replicas = Table(
     CheckConstraint("state IN ('starting', 'running', 'unhealthy', 'stopping', 'failed')", name="state"),
 )
 
+replaced_replicas = Table(
+    "replaced_replicas",
+    metadata,
+    Column("instance", String(NAME), primary_key=True),
+    Column("node", String(NAME), primary_key=True),
+    Column("replica", Integer, primary_key=True),
+    Column("replaced_ms", BigInteger, nullable=False),
+)
+"""Tombstones of replicas forgotten on a lost node (``forget``): if the node returns and reports one again, it is
+the surplus that the next plan stops first. A load or unload of the same replica ends its tombstone."""
+
 scheduling_state = Table(
     "scheduling_state",
     metadata,

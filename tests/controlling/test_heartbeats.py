@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from fleetd.agent.heartbeats import HeartbeatSender
 from fleetd.controlling.heartbeats import HeartbeatIngest
 from fleetd.core.observed import NodeStatus, ReplicaState
+from fleetd.registry import replicas
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import NodeFacts
 from fleetd.transport.agent_api import NodeReport, ReplicaStatus
@@ -207,3 +208,39 @@ def test_a_replica_the_node_no_longer_reports_loses_its_row(registry: Registry) 
     ingest.offer(encode_heartbeat(dataclasses.replace(beat("gpu-a", 2), replicas=()), KEYS["gpu-a"]))
     ingest.flush()
     assert [(r.node, r.instance) for r in registry.snapshot().replicas] == [("gpu-b", "chat")]
+
+
+def forget(registry: Registry) -> None:
+    with registry.engine.begin() as conn:
+        replicas.forget(conn, "chat", "gpu-a", 0, now_ms=registry.clock())
+
+
+def test_rows_another_writer_removed_are_written_again_when_the_beat_may_not_be_trusted(
+    registry: Registry,
+) -> None:
+    """The ingest writes a replica's row only when it changed since this controller's last write; a forget (the
+    node was lost) or another controller's writes make that stale: a node back from silence, or a beat whose
+    predecessor this controller did not get, is written in full."""
+    now = [100.0]
+    changes: list[int] = []
+    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1), clock_s=lambda: now[0])
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.flush()
+    forget(registry)  # what the forget of a lost node's replica does
+
+    ingest.offer(encode_heartbeat(beat("gpu-a", 2), KEYS["gpu-a"]))  # the next beat, 1 s later: trusted
+    now[0] += 1
+    ingest.flush()
+    assert registry.snapshot().replicas == ()
+
+    now[0] += 10  # silent past --unhealthy-after: it comes back
+    ingest.offer(encode_heartbeat(beat("gpu-a", 3), KEYS["gpu-a"]))
+    ingest.flush()
+    assert [r.node for r in registry.snapshot().replicas] == ["gpu-a"]
+    assert changes == [1, 1]  # back from silence is a change the planner must see
+
+    forget(registry)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 5), KEYS["gpu-a"]))  # seq 4 went to another controller
+    now[0] += 1
+    ingest.flush()
+    assert [r.node for r in registry.snapshot().replicas] == ["gpu-a"]

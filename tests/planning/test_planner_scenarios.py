@@ -34,6 +34,7 @@ from fleetd.planning.plans import (
     LoadDetails,
     Plan,
     PlanRefused,
+    Reason,
     RestartDetails,
     RestartStrategy,
     UnloadDetails,
@@ -558,6 +559,51 @@ def test_a_lost_node_s_replica_is_unloaded_and_replaced_elsewhere() -> None:
     assert summary(result) == [("load:qwen:gpu-c:2", "replace", ()), ("forget:qwen:gpu-a:0", "node_lost", ())]
     assert action(result, "load:qwen:gpu-c:2").details_as(LoadDetails).from_node == "gpu-a"
     assert plan(desired, apply_plan(result, desired, before), now_ms=NOW).is_empty
+
+
+def test_lost_replicas_beyond_the_per_cycle_budget_wait_for_the_next_plan() -> None:
+    desired = manifest("instances:\n" + instance("qwen", min_replicas=3) + instance("phi", min_replicas=1))
+    lost = gpu("gpu-a", status=NodeStatus.OFFLINE)
+    before = observed(
+        [lost, gpu("gpu-b"), gpu("gpu-c"), gpu("gpu-d")],
+        [
+            replica(desired, "qwen", "gpu-a", 0),
+            replica(desired, "qwen", "gpu-a", 1),
+            replica(desired, "qwen", "gpu-b", 2),
+            replica(desired, "phi", "gpu-a", 0),
+        ],
+    )
+    policy = PlanPolicy(max_replacements=2)
+    first = plan(desired, before, now_ms=NOW, policy=policy)
+    forgotten = [a.id for a in first.actions if a.reason is Reason.NODE_LOST]
+    replaced = [a.id for a in first.actions if a.reason is Reason.REPLACE]
+    assert len(forgotten) == 2 and len(replaced) == 2
+    assert first.deferred == 1
+    assert any("wait for the next cycle" in note for note in first.notes)
+    after = apply_plan(first, desired, before)
+    second = plan(desired, after, now_ms=NOW, policy=policy)
+    assert len([a for a in second.actions if a.reason is Reason.NODE_LOST]) == 1
+    assert len([a for a in second.actions if a.reason is Reason.REPLACE]) == 1
+    assert second.deferred == 0
+    assert plan(desired, apply_plan(second, desired, after), now_ms=NOW, policy=policy).is_empty
+
+
+def test_a_returning_node_s_replaced_replica_is_the_one_stopped() -> None:
+    desired = manifest("instances:\n" + instance("qwen", min_replicas=2))
+    back = dataclasses.replace(replica(desired, "qwen", "gpu-a", 0), replaced=True)
+    before = observed(
+        [gpu("gpu-a"), gpu("gpu-b"), gpu("gpu-c")],
+        [back, replica(desired, "qwen", "gpu-b", 1), replica(desired, "qwen", "gpu-c", 2)],
+    )
+    result = plan(desired, before, now_ms=NOW)
+    assert summary(result) == [("unload:qwen:gpu-a:0", "node_lost", ())]
+
+
+def test_a_replaced_replica_still_wanted_is_adopted() -> None:
+    desired = manifest("instances:\n" + instance("qwen", min_replicas=2))
+    back = dataclasses.replace(replica(desired, "qwen", "gpu-a", 0), replaced=True)
+    before = observed([gpu("gpu-a"), gpu("gpu-b")], [back, replica(desired, "qwen", "gpu-b", 1)])
+    assert plan(desired, before, now_ms=NOW).is_empty
 
 
 def test_a_replica_on_a_node_the_registry_forgot_is_unloaded_as_lost() -> None:
