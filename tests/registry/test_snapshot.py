@@ -197,7 +197,9 @@ def test_snapshot_issues_the_same_few_queries_whatever_the_size(engine: Engine, 
     assert (len(small.nodes), len(small.replicas), len(small.scheduling)) == (10, 20, 10)
     assert (len(large.nodes), len(large.replicas), len(large.scheduling)) == (200, 400, 200)
     assert len(small_statements) == len(large_statements)
-    assert [s.lstrip().split()[0].upper() for s in large_statements].count("SELECT") == 6  # labels, backends, nodes, tombstones, replicas, scheduling
+    assert [s.lstrip().split()[0].upper() for s in large_statements].count(
+        "SELECT"
+    ) == 6  # labels, backends, nodes, tombstones, replicas, scheduling
 
 
 def test_fingerprint_follows_structure_not_live_readings(engine: Engine, clock: ManualClock) -> None:
