@@ -125,7 +125,7 @@ def agent_command(
         code = daemon.run()
     except SecurityError as exc:
         hint = "" if insecure or tls_cert else "; or --nats URL (with --join-token-file) for one from the fleet"
-        sys.stderr.write(f"error: fleetd agent: {exc}{hint}\n")
+        sys.stderr.write(f"error: {exc}{hint}\n")  # the message names `fleetd agent`
         raise typer.Exit(EXIT_ERROR) from None
     except (FactsFileError, AgentConfigError, ListenError) as exc:
         sys.stderr.write(f"error: fleetd agent: {exc}\n")

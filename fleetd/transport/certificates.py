@@ -146,11 +146,14 @@ def load_authority(directory: Path) -> Authority:
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     try:
         cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
-    except OSError as exc:
-        missing = exc.filename or cert_path
+    except FileNotFoundError as exc:
         raise CertificateError(
-            f"the fleet's CA {missing}: cannot read it ({exc.strerror or exc}); `fleetd serve` creates it at its "
-            "first start, or restore the state dir's tls/ from a backup"
+            f"the fleet's CA has no {exc.filename or cert_path}: `fleetd serve` creates it at its first start "
+            f"(if it was lost, restore {directory} from a backup: the nodes' certificates chain to it)"
+        ) from None
+    except OSError as exc:
+        raise CertificateError(
+            f"the fleet's CA {exc.filename or cert_path}: cannot read it ({exc.strerror or exc})"
         ) from None
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)

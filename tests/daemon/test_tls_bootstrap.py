@@ -2,7 +2,8 @@
 dir; an agent given only ``--nats`` and ``--join-token-file`` registers first, gets its certificate signed by
 that CA (key 0600, made on the node, the node's name in it) and serves its gRPC path with it; once the node is
 approved the controller places a replica there over mutual TLS; a plaintext client, and a client presenting a
-node's certificate, are refused; a restarted agent reuses its certificate."""
+node's certificate, are refused; a restarted agent reuses its certificate; ``fleetd status`` on the controller's
+host finds the CA in the state dir."""
 
 from __future__ import annotations
 
@@ -118,8 +119,51 @@ def test_a_fleet_without_tls_flags_bootstraps_mutual_tls(tmp_path: Path) -> None
         wait_for(lambda: gpu_a.log().count("joined the fleet") == 2, timeout_s=60, what="gpu-a to rejoin")
         assert check_certificate(gpu_a, ca_pem) == cert_pem
         assert gpu_a.log().count("joining the fleet for a certificate") == 1
+
+        served.stop()  # the lease is free: `fleetd status` asks the agent itself, with the CA in the state dir
+        status = fleetd(state, "status", str(manifest), "--format", "json")
+        assert status.returncode == 0, status.stderr
+        document = json.loads(status.stdout)
+        assert {n["name"]: n["status"] for n in document["nodes"]} == {"gpu-a": "healthy"}
+        assert [r["node"] for r in document["replicas"]] == ["gpu-a"]
+        elsewhere = fleetd(tmp_path / "elsewhere", "status", str(manifest))
+        assert elsewhere.returncode == 1 and "`fleetd serve` creates it" in elsewhere.stderr
+        assert "Traceback" not in elsewhere.stderr
     finally:
         served.stop()
         gpu_a.stop()
         for process in processes_with(MARK):
             process.kill()
+
+
+@pytest.mark.timeout(180)
+def test_an_agent_without_tls_flags_stops_when_the_controller_issues_no_certificate(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    created = fleetd(state, "node", "token", "create")
+    assert created.returncode == 0, created.stderr
+    (tmp_path / "token").write_text(created.stdout)
+    nats_port = free_port()
+    manifest = tmp_path / "fleet.yaml"
+    write_manifest(manifest, fake_llama_executable(tmp_path), f"127.0.0.1:{free_port()}")
+    served = Served(
+        manifest, state, tmp_path / "serve.log", "--nats-listen", f"127.0.0.1:{nats_port}", "--insecure"
+    )
+    try:
+        wait_for(lambda: "answering registrations" in served.output(), timeout_s=60, what="serve's bus")
+        assert "[insecure: no TLS] --insecure" in served.output() and not (state / "tls").exists()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETD_")}
+        argv = ["agent", "--node", "gpu-a", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "gpu-a")]
+        argv += ["--nats", f"nats://127.0.0.1:{nats_port}", "--join-token-file", str(tmp_path / "token")]
+        refused = subprocess.run(
+            [sys.executable, "-m", "fleetd", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert refused.returncode == 1
+        assert "the controller issued no certificate (it runs with --insecure" in refused.stderr
+        assert "Traceback" not in refused.stderr and "serving on" not in refused.stderr
+    finally:
+        served.stop()
