@@ -47,7 +47,7 @@ def stored(state_dir: Path, node: str) -> Stored:
     if why is not None:
         return Stored(None, f"the certificate {files.cert} cannot serve: {why}", renew=True)
     renew = expires_within(cert, RENEW_BEFORE)
-    return Stored(Security(TlsMaterial(cert, key, ca)), "it expires soon" if renew else "", renew=renew)
+    return Stored(Security(TlsMaterial(cert, key, ca)), "expires within 30 days" if renew else "", renew=renew)
 
 
 def store(state_dir: Path, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> TlsFiles:

@@ -20,6 +20,7 @@ from fleetd.registry.migrating import upgrade
 from fleetd.transport.bus_messages import REGISTER, RegisterRequest, decode_reply, encode_register
 from fleetd.transport.certificates import Authority, certificate_names, ensure_authority, node_request
 from tests.conftest import ManualClock
+from tests.transport.certs import issue, make_ca
 from tests.transport.fake_bus import FakeBroker
 
 
@@ -109,3 +110,12 @@ def test_a_controller_without_a_ca_of_its_own_issues_no_certificate(registry: Re
     )
     assert joined.status == "pending" and joined.certificate is None
     assert not bootstrap.tls_files(tmp_path / "gpu-a").key.exists()
+
+
+def test_a_certificate_about_to_expire_still_serves_and_is_renewed(tmp_path: Path) -> None:
+    authority = make_ca(tmp_path / "pki")
+    short = issue(authority, tmp_path / "pki", "gpu-a")  # valid for one day
+    state = tmp_path / "gpu-a"
+    bootstrap.store(state, short.key.read_bytes(), short.cert.read_bytes(), short.ca.read_bytes())
+    found = bootstrap.stored(state, "gpu-a")
+    assert found.security is not None and found.renew and found.why == "expires within 30 days"

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from fleetd.daemon.agent_daemon import resolve_port
 from fleetd.transport.agent_api import AgentError
 from fleetd.transport.certificates import certificate_names, fleet_security
 from fleetd.transport.grpc_client import GrpcAgentClient
@@ -167,3 +168,9 @@ def test_an_agent_without_tls_flags_stops_when_the_controller_issues_no_certific
         assert "Traceback" not in refused.stderr and "serving on" not in refused.stderr
     finally:
         served.stop()
+
+
+def test_a_port_chosen_by_the_os_is_chosen_before_registering() -> None:
+    host, port = resolve_port("127.0.0.1:0").rsplit(":", 1)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536
+    assert resolve_port("127.0.0.1:7443") == "127.0.0.1:7443"
