@@ -6,6 +6,10 @@ The credential the controller gives in exchange for the token is written to ``<s
 heartbeats with its hash. The join token is read from its file and never written anywhere. A refusal is final
 (``JoinRefused``, with the controller's reason for the log); a bus without a controller answering is not
 (``BusError``: try again later).
+
+With ``request_certificate`` (the TLS bootstrap), a registration also carries a signing request for a key made
+here; the certificate the controller sends back is checked (it names this node, the CA signed it, it is for
+this key) and stored with the key and the CA by ``agent.bootstrap``. The key is never sent.
 """
 
 from __future__ import annotations
@@ -14,8 +18,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetd.agent import bootstrap
 from fleetd.transport.bus_api import Bus
-from fleetd.transport.bus_messages import REGISTER, BadMessage, RegisterRequest, decode_reply, encode_register
+from fleetd.transport.bus_messages import (
+    REGISTER,
+    BadMessage,
+    RegisterReply,
+    RegisterRequest,
+    decode_reply,
+    encode_register,
+)
+from fleetd.transport.certificates import NodeRequest, node_request, usable_for
+from fleetd.transport.security import TlsFiles
 
 CREDENTIAL_FILE = "credential"
 REGISTER_TIMEOUT_S = 5.0
@@ -30,9 +44,11 @@ class Joined:
     credential: str
     status: str
     """``pending`` until the node is approved, then ``healthy`` (as the controller said when it answered)."""
+    certificate: TlsFiles | None = None
+    """Where the certificate the controller issued now is (asked for and sent), else ``None``."""
 
     def __repr__(self) -> str:
-        return f"Joined(status={self.status!r})"
+        return f"Joined(status={self.status!r}, certificate={self.certificate is not None})"
 
 
 def credential_path(state_dir: Path) -> Path:
@@ -67,14 +83,18 @@ def join(
     *,
     address: str | None,
     token_file: Path | None,
+    request_certificate: bool = False,
     timeout_s: float = REGISTER_TIMEOUT_S,
 ) -> Joined:
-    """Register with the stored credential, or else with the token (storing the credential it buys)."""
+    """Register with the stored credential, or else with the token (storing the credential it buys); with
+    ``request_certificate``, also ask the fleet's CA for a certificate (stored when it comes)."""
+    pending = node_request(node) if request_certificate else None
+    csr = pending.csr_pem.decode() if pending is not None else None
     credential = stored_credential(state_dir)
     if credential is not None:
-        request = RegisterRequest(node, address, credential=credential)
+        request = RegisterRequest(node, address, credential=credential, csr=csr)
     elif token_file is not None:
-        request = RegisterRequest(node, address, token=read_token(token_file))
+        request = RegisterRequest(node, address, token=read_token(token_file), csr=csr)
     else:
         raise JoinRefused(
             f"node {node} has no credential in {credential_path(state_dir)} and no --join-token-file: create a token "
@@ -91,7 +111,18 @@ def join(
         credential = reply.credential
     if credential is None:
         raise JoinRefused("the controller accepted the token but sent no credential")
-    return Joined(credential, reply.status)
+    certificate = _store_certificate(state_dir, node, pending, reply) if pending is not None else None
+    return Joined(credential, reply.status, certificate)
+
+
+def _store_certificate(state_dir: Path, node: str, pending: NodeRequest, reply: RegisterReply) -> TlsFiles | None:
+    if reply.certificate is None or reply.ca is None:
+        return None
+    cert, ca = reply.certificate.encode(), reply.ca.encode()
+    why = usable_for(cert, ca, node, key_pem=pending.key_pem)
+    if why is not None:
+        raise JoinRefused(f"the certificate the controller sent cannot serve this node: {why}")
+    return bootstrap.store(state_dir, pending.key_pem, cert, ca)
 
 
 def _store(path: Path, credential: str) -> None:

@@ -88,7 +88,10 @@ def agent_command(
         typer.Option("--insecure", help="Serve without TLS (tests on one machine only; logged on every start)."),
     ] = False,
 ) -> None:
-    """Run this node's agent: supervise its replicas and take the controller's commands over gRPC."""
+    """Run this node's agent: supervise its replicas and take the controller's commands over gRPC.
+
+    With --nats and no --tls-* or --insecure, the gRPC server uses the certificate the controller's CA issues
+    when the node registers (kept in the state dir)."""
     from fleetd.agent.node_facts import FactsFileError, read_facts_file
     from fleetd.agent.server import ListenError
     from fleetd.core.names import NAME_PATTERN
@@ -104,7 +107,9 @@ def agent_command(
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fleetd agent: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would drown what happened
     try:
-        security = load_security(tls_files(tls_cert, tls_key, tls_ca), insecure=insecure, who="fleetd agent")
+        files = tls_files(tls_cert, tls_key, tls_ca)
+        bootstrap = files is None and not insecure and nats is not None  # the fleet's CA signs our certificate
+        security = None if bootstrap else load_security(files, insecure=insecure, who="fleetd agent")
         declared = read_facts_file(facts) if facts is not None else None
         config = AgentConfig(
             node,
@@ -118,7 +123,11 @@ def agent_command(
         )
         daemon = AgentDaemon(config)
         code = daemon.run()
-    except (SecurityError, FactsFileError, AgentConfigError, ListenError) as exc:
+    except SecurityError as exc:
+        hint = "" if insecure or tls_cert else "; or --nats URL (with --join-token-file) for one from the fleet"
+        sys.stderr.write(f"error: {exc}{hint}\n")  # the message names `fleetd agent`
+        raise typer.Exit(EXIT_ERROR) from None
+    except (FactsFileError, AgentConfigError, ListenError) as exc:
         sys.stderr.write(f"error: fleetd agent: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(code)

@@ -121,10 +121,14 @@ def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles 
 
 
 def agent_access(cert: Path | None, key: Path | None, ca: Path | None, insecure: bool) -> AgentAccess:
-    """How a controller command reaches the agents (read only when the manifest's nodes have addresses)."""
+    """How a controller command reaches the agents (read only when the manifest's nodes have addresses): the
+    given files, ``--insecure``, or by default the fleet's CA in the state dir (``fleetd serve`` creates it)."""
     from fleetd.controlling.opening import AgentAccess
+    from fleetd.registry.engine import default_state_dir
+    from fleetd.transport.certificates import authority_dir
 
     files = tls_files(cert, key, ca)
     if files is not None and insecure:
         fail("give either --tls-cert/--tls-key/--tls-ca or --insecure, not both")
-    return AgentAccess(files, insecure)
+    fleet_ca = authority_dir(default_state_dir()) if files is None and not insecure else None
+    return AgentAccess(files, insecure, fleet_ca)

@@ -84,6 +84,7 @@ def serve(
     from fleetd.daemon.serve import Liveness, ServeOptions
     from fleetd.daemon.serve import serve as run_serve
     from fleetd.transport.bus_api import BusError
+    from fleetd.transport.security import SecurityError
 
     try:
         interval_ms = parse_duration_ms(interval)
@@ -117,7 +118,7 @@ def serve(
     except OSError as exc:  # e.g. the HTTP address is in use
         sys.stderr.write(f"error: fleetd serve: {exc.strerror or exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
-    except (BusError, NatsServerError) as exc:
+    except (BusError, NatsServerError, SecurityError) as exc:
         sys.stderr.write(f"error: fleetd serve: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(code)

@@ -2,10 +2,10 @@
 
 A manifest none of whose nodes has an ``address`` runs embedded: one in-process agent, as before, unless nodes
 joined over the bus (or ``serve`` runs one). A node with an address, or one that joined, makes the fleet
-distributed: a ``GrpcAgentClient`` per addressed node, secured as
-``AgentAccess`` says (mutual TLS, or ``--insecure`` chosen out loud), and the in-process agent for the one
-declared node without an address, if any. ``plan``, ``apply``, ``status`` and ``serve`` all open their fleet
-here, so the mode never depends on which command runs.
+distributed: a ``GrpcAgentClient`` per remote node, secured as ``AgentAccess`` says (mutual TLS with the fleet's
+own CA or with given files, or ``--insecure`` chosen out loud), and the in-process agent for the one declared
+node without an address, if any. ``plan``, ``apply``, ``status`` and ``serve`` all open their fleet here, so the
+mode never depends on which command runs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from fleetd.registry.agent_reports import record_report
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
 from fleetd.transport.agent_api import CallerFence
+from fleetd.transport.certificates import CA_CERT, fleet_security
 from fleetd.transport.grpc_client import GrpcAgentClient
-from fleetd.transport.security import Security, TlsFiles, load_security
+from fleetd.transport.security import Security, SecurityError, TlsFiles, load_security
 
 OpenFleet = EmbeddedFleet | DistributedFleet
 FenceSource = Callable[[], CallerFence | None]
@@ -32,14 +33,37 @@ FenceSource = Callable[[], CallerFence | None]
 
 @dataclass(frozen=True, slots=True)
 class AgentAccess:
-    """How this controller reaches remote agents: its TLS files, or ``insecure``. Read only when the manifest
-    has remote nodes, so an embedded fleet needs neither."""
+    """How this controller reaches remote agents: its TLS files, or ``insecure``, or else (the default) a client
+    certificate from the fleet's CA in ``ca_dir`` (``<state-dir>/tls``, made by ``fleetd serve``). Read only when
+    the manifest has remote nodes, so an embedded fleet needs none of them."""
 
     tls: TlsFiles | None = None
     insecure: bool = False
+    ca_dir: Path | None = None
+
+    @property
+    def fleet_ca(self) -> bool:
+        """Whether the agents are reached with the fleet's own CA (no ``--tls-*`` files, no ``--insecure``)."""
+        return self.tls is None and not self.insecure and self.ca_dir is not None
+
+    @property
+    def usable(self) -> bool:
+        """Whether ``security`` can answer without an error (for optional reads such as estimates)."""
+        if self.fleet_ca:
+            assert self.ca_dir is not None
+            return (self.ca_dir / CA_CERT).exists()
+        return self.tls is not None or self.insecure
 
     def security(self) -> Security:
         """Raises ``SecurityError`` naming the flags or the file."""
+        if self.fleet_ca:
+            assert self.ca_dir is not None
+            try:
+                return fleet_security(self.ca_dir)
+            except SecurityError as exc:
+                raise SecurityError(
+                    f"{exc}; else give --tls-cert, --tls-key and --tls-ca (or --insecure)"
+                ) from None
         return load_security(self.tls, insecure=self.insecure, who="fleetd (the manifest's nodes have addresses)")
 
 
@@ -90,7 +114,7 @@ def open_fleet(
 def estimate_readers(desired: DesiredState, access: AgentAccess | None) -> dict[str, GrpcAgentClient]:
     """Clients of the remote nodes for read-only calls (estimates), when ``access`` says how to reach them."""
     layout = layout_of(desired)
-    if access is None or not layout.distributed or (access.tls is None and not access.insecure):
+    if access is None or not layout.distributed or not access.usable:
         return {}
     security = access.security()
     return {name: GrpcAgentClient(name, address, security) for name, address in layout.remote}

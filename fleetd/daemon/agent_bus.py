@@ -4,6 +4,8 @@ join the fleet (token the first time, credential after), then heartbeat every 2 
 It runs on its own thread so the gRPC command path and the supervision of replicas never wait on the bus: a
 node whose bus is down keeps serving and keeps being commanded. A refused registration is final: the agent
 says why in its log and stops (``on_refused``), since a node the fleet refuses must not run as if admitted.
+With ``request_certificate`` (TLS bootstrap) the registration asks for a certificate too; ``joined`` is set
+once registered, and ``certificate`` then says where the new one is (``None``: the controller issued none).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fleetd.agent.local import LocalAgent
 from fleetd.transport.bus_api import BusError
 from fleetd.transport.bus_messages import node_key
 from fleetd.transport.nats_bus import NatsBus
+from fleetd.transport.security import TlsFiles
 
 log = logging.getLogger("fleetd.agent")
 RETRY_MAX_S = 30.0
@@ -40,13 +43,17 @@ class AgentBus:
         *,
         address: str,
         on_refused: Callable[[str], None],
+        request_certificate: bool = False,
     ) -> None:
         self._settings = settings
         self._agent = agent
         self._state_dir = state_dir
         self._address = address
         self._on_refused = on_refused
+        self._request_certificate = request_certificate
         self._stop = threading.Event()
+        self.joined = threading.Event()
+        self.certificate: TlsFiles | None = None
         self._bus: NatsBus | None = None
         self.sender: HeartbeatSender | None = None
         self._thread = threading.Thread(target=self._run, name="fleetd-agent-bus", daemon=True)
@@ -80,6 +87,7 @@ class AgentBus:
                     self._state_dir,
                     address=self._address,
                     token_file=self._settings.token_file,
+                    request_certificate=self._request_certificate,
                 )
             except JoinRefused as exc:
                 log.error("node %s: the fleet refused to admit it: %s", self._agent.node, exc)
@@ -90,7 +98,10 @@ class AgentBus:
                 self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            log.info("node %s joined the fleet: %s", self._agent.node, joined.status)
+            issued = f"; certificate stored in {joined.certificate.cert.parent}" if joined.certificate else ""
+            log.info("node %s joined the fleet: %s%s", self._agent.node, joined.status, issued)
+            self.certificate = joined.certificate
+            self.joined.set()
             self.sender = HeartbeatSender(
                 self._agent.node,
                 node_key(joined.credential),

@@ -5,23 +5,32 @@ estimates), the ``EpochGuard`` that fences deposed controllers, and the gRPC ser
 replicas an earlier agent left running; SIGTERM/SIGINT stop the server and the supervisor and leave the
 replicas running for the next agent. The address actually bound is written to ``<state-dir>/agent/address``
 (``--listen HOST:0`` takes a free port), and systemd hears READY once the server answers.
+
+TLS bootstrap (``security`` is ``None``: ``--nats`` without ``--tls-*`` files or ``--insecure``): the agent
+serves with the certificate stored in its state dir (``agent.bootstrap``). When it has none that can serve (the
+first join, a lost file, an expired certificate), it registers BEFORE it starts its gRPC server, with a signing
+request, and serves once the certificate has come: a server without a certificate cannot take the
+controller's calls anyway, and starting it once keeps the listening socket simple. A usable certificate that
+expires within 30 days is renewed at registration and serves from the agent's next start.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from fleetd.agent import bootstrap
 from fleetd.agent.fencing import EpochGuard
 from fleetd.agent.local import LocalAgent
 from fleetd.agent.node_facts import DeclaredFacts
 from fleetd.agent.ports import DEFAULT_RANGE, PortAllocator
 from fleetd.agent.probing import warm_up
-from fleetd.agent.server import start_server
+from fleetd.agent.server import RunningServer, start_server
 from fleetd.daemon.agent_bus import AgentBus, BusSettings
 from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.transport.security import Security
@@ -39,7 +48,8 @@ class AgentConfig:
     node: str
     listen: str
     state_dir: Path
-    security: Security
+    security: Security | None
+    """Mutual TLS with given files, or ``--insecure``; ``None``: the certificate of the TLS bootstrap."""
     advertise: str | None = None
     facts: DeclaredFacts | None = None
     ports: tuple[int, int] = DEFAULT_RANGE
@@ -74,9 +84,21 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def resolve_port(listen: str) -> str:
+    """``listen`` with port 0 replaced by a port free now (to register the address before serving on it)."""
+    host, port = split_address(listen)
+    if port != 0:
+        return listen
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return f"{host}:{probe.getsockname()[1]}"
+
+
 class AgentDaemon:
     def __init__(self, config: AgentConfig) -> None:
         split_address(config.listen)
+        if config.security is None and config.bus is None:
+            raise AgentConfigError("the TLS bootstrap needs --nats: the certificate comes from the controller")
         self._config = config
         self._stopping = threading.Event()
         host = config.replica_host
@@ -93,36 +115,79 @@ class AgentDaemon:
         self.exit_code = 0
         self.guard = EpochGuard(config.node, config.state_dir / "agent")
         self.address: str | None = None
+        self._server: RunningServer | None = None
+        self._renew = False
+        self._mark = config.security.mark if config.security is not None else ""
 
     def start(self) -> None:
-        """Adopt what an earlier agent left running, then serve; raises ``ListenError``."""
+        """Adopt what an earlier agent left running, then serve; raises ``ListenError``. Returns without
+        serving when the fleet refused the node, or a signal came while it waited for its certificate."""
         config = self._config
         warm_up()
         self.agent.start()
-        server = start_server(self.agent, self.guard, config.listen, config.security)
+        security, listen = self._security()
+        if security is None:
+            return
+        server = start_server(self.agent, self.guard, listen, security)
         self._server = server
-        host = split_address(config.listen)[0]
+        host = split_address(listen)[0]
         self.address = f"{host}:{server.port}"
         address_file = config.state_dir / "agent" / "address"
         address_file.parent.mkdir(parents=True, exist_ok=True)
         address_file.write_text(self.address + "\n")
-        if config.bus is not None:
-            self.bus = AgentBus(
-                config.bus,
-                self.agent,
-                config.state_dir,
-                address=config.advertise or self.address,
-                on_refused=self._refused,
-            )
-            self.bus.start()
+        if config.bus is not None and self.bus is None:
+            self._start_bus(config.advertise or self.address, request_certificate=self._renew)
         adopted = len(self.agent.list_replicas())
-        how = "mutual TLS" if not config.security.insecure else "NO TLS: --insecure, for tests on one machine only"
+        how = "mutual TLS" if not security.insecure else "NO TLS: --insecure, for tests on one machine only"
         line = f"node {config.node} serving on {self.address} ({how}); {adopted} replica(s) adopted"
-        if config.security.insecure:
-            log.warning("%s%s", config.security.mark, line)
+        if security.insecure:
+            log.warning("%s%s", security.mark, line)
         else:
             log.info("%s", line)
         notify("READY=1")
+
+    def _start_bus(self, address: str, *, request_certificate: bool) -> AgentBus:
+        assert self._config.bus is not None
+        self.bus = AgentBus(
+            self._config.bus,
+            self.agent,
+            self._config.state_dir,
+            address=address,
+            on_refused=self._refused,
+            request_certificate=request_certificate,
+        )
+        self.bus.start()
+        return self.bus
+
+    def _security(self) -> tuple[Security | None, str]:
+        """How to serve, and where: the given security; or the stored bootstrapped certificate (renewed at
+        registration when it expires soon); or, with none, the one registration brings (``None``: no serving)."""
+        config = self._config
+        if config.security is not None:
+            return config.security, config.listen
+        found = bootstrap.stored(config.state_dir, config.node)
+        if found.security is not None:
+            if found.renew:
+                log.info(
+                    "node %s: its certificate %s; asking the controller for a new one", config.node, found.why
+                )
+                self._renew = True
+            return found.security, config.listen
+        listen = resolve_port(config.listen)
+        log.info("node %s: %s; joining the fleet for a certificate before serving", config.node, found.why)
+        bus = self._start_bus(config.advertise or listen, request_certificate=True)
+        while not bus.joined.wait(0.2):
+            if self._stopping.is_set():
+                return None, listen
+        if bus.certificate is None:
+            log.error(
+                "node %s: the controller issued no certificate (it runs with --insecure or its own --tls-* files): "
+                "give this agent --tls-cert, --tls-key and --tls-ca, or --insecure as the controller does",
+                config.node,
+            )
+            self._refused("no certificate")
+            return None, listen
+        return bootstrap.stored(config.state_dir, config.node).security, listen
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
@@ -139,9 +204,10 @@ class AgentDaemon:
         """Stop serving and supervising; the replicas keep running (the next agent adopts them)."""
         if self.bus is not None:
             self.bus.stop()
-        self._server.stop()
+        if self._server is not None:
+            self._server.stop()
         self.agent.close(stop_replicas=False)
-        log.info("%snode %s stopped; replicas left running", self._config.security.mark, self._config.node)
+        log.info("%snode %s stopped; replicas left running", self._mark, self._config.node)
 
     def _nudge(self) -> None:
         if self.bus is not None:

@@ -4,7 +4,8 @@ bundled ``nats-server`` as a supervised child): answer registrations and ingest 
 Both subscriptions are in the ``fleetd-controllers`` queue group, so with several controllers each message is
 handled once, by any of them: neither needs the lease (spending a token and writing a heartbeat are single
 atomic writes of observations, not decisions). A heartbeat batch that changed what the planner sees triggers
-a cycle through ``on_change``.
+a cycle through ``on_change``. With the fleet's CA (``authority``), registrations get their certificates
+signed (the TLS bootstrap); without it (``--insecure``, or ``--tls-*`` files), none are issued.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.facade import Registry
 from fleetd.transport.bus_api import Subscription
 from fleetd.transport.bus_messages import HEARTBEATS
+from fleetd.transport.certificates import Authority
 from fleetd.transport.nats_bus import NatsBus
 
 log = logging.getLogger("fleetd.controller")
@@ -36,6 +38,7 @@ class ControllerBus:
         say: Callable[[str], None],
         unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
         lost_after_ms: int = LOST_AFTER_MS,
+        authority: Authority | None = None,
     ) -> None:
         self._registry = registry
         self._state_dir = state_dir
@@ -44,7 +47,7 @@ class ControllerBus:
         self._say = say
         self.server: BundledNats | None = None
         self.bus: NatsBus | None = None
-        self.admission = Admission(registry)
+        self.admission = Admission(registry, authority=authority)
         self.ingest = HeartbeatIngest(
             registry,
             registry_keys(registry),

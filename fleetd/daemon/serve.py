@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -42,6 +42,7 @@ from fleetd.planning.planner import PlanPolicy
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
 from fleetd.transport.agent_api import CallerFence, InstallProgress, ReplicaStatus
+from fleetd.transport.certificates import Authority, authority_dir, ensure_authority
 from fleetd.transport.security import INSECURE_MARK
 
 REPLICA_EVENT_GAP_S = 0.25
@@ -129,6 +130,7 @@ class Daemon:
         self.watcher = ManifestWatcher(options.paths, self.worker.trigger) if options.watch else None
         self.scheduler = interval_scheduler(self.worker.trigger, interval_s=options.interval_s)
         self.http = HttpApi(options.http, self._endpoints()) if options.http is not None else None
+        self._access, authority = self._fleet_ca(options.access)
         self.bus: ControllerBus | None = None
         if options.nats_url is not None or options.nats_listen is not None:
             self.bus = ControllerBus(
@@ -140,7 +142,24 @@ class Daemon:
                 say=self._say,
                 unhealthy_after_ms=options.liveness.unhealthy_after_ms,
                 lost_after_ms=options.liveness.lost_after_ms,
+                authority=authority,
             )
+
+    def _fleet_ca(self, access: AgentAccess) -> tuple[AgentAccess, Authority | None]:
+        """TLS on by default: without ``--tls-*`` files or ``--insecure``, the fleet's CA in the state dir
+        (created at the first start) signs the nodes' certificates and this controller's. Raises
+        ``CertificateError``."""
+        if access.insecure:
+            self._say(f"{INSECURE_MARK} --insecure: agents are reached and nodes admitted WITHOUT TLS")
+            return access, None
+        if access.tls is not None:
+            return access, None
+        where = authority_dir(self._state_dir)
+        authority, created = ensure_authority(where)
+        self._say(
+            f"{'created the' if created else 'TLS: the'} fleet's CA in {where} (it signs the nodes' certificates)"
+        )
+        return replace(access, ca_dir=where), authority
 
     # lifecycle ----------------------------------------------------------------------------------------------
 
@@ -239,7 +258,7 @@ class Daemon:
             self._fleet = open_fleet(
                 self.reconciler.desired,
                 database_url=self._options.database_url,
-                access=self._options.access,
+                access=self._access,
                 fence=self._caller_fence,
                 state_dir=self._state_dir,
                 layout=self._layout,
@@ -248,7 +267,7 @@ class Daemon:
             )
             self._fleet_kind = kind
             if kind[0]:
-                how = INSECURE_MARK if self._options.access.insecure else "over mutual TLS"
+                how = INSECURE_MARK if self._access.insecure else "over mutual TLS"
                 self._say(f"distributed fleet: agents reached {how}")
         return self._fleet
 

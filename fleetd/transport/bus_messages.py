@@ -223,9 +223,12 @@ class RegisterRequest:
     address: str | None
     token: str | None = None
     credential: str | None = None
+    csr: str | None = None
+    """A certificate signing request (PEM) for the node's gRPC server, made with a key that stays on the node."""
 
     def __repr__(self) -> str:
-        return f"RegisterRequest(node={self.node!r}, address={self.address!r}, with={self.proof})"
+        csr = ", csr" if self.csr else ""
+        return f"RegisterRequest(node={self.node!r}, address={self.address!r}, with={self.proof}{csr})"
 
     @property
     def proof(self) -> str:
@@ -240,6 +243,11 @@ class RegisterReply:
     credential: str | None = None
     """Only in the reply to a token: the node's own secret from now on."""
     reason: str = ""
+    certificate: str | None = None
+    """The node's certificate (PEM) signed by the fleet's CA, when the request carried a CSR and the controller
+    has a CA of its own (not with ``--insecure`` or ``--tls-*`` files)."""
+    ca: str | None = None
+    """The fleet CA's certificate (PEM), with ``certificate``: what the node trusts the controller by."""
 
     def __repr__(self) -> str:
         return f"RegisterReply(ok={self.ok}, status={self.status!r}, reason={self.reason!r})"
@@ -253,6 +261,7 @@ def encode_register(request: RegisterRequest) -> bytes:
             "address": request.address,
             "token": request.token,
             "credential": request.credential,
+            "csr": request.csr,
         }
     )
 
@@ -265,6 +274,7 @@ def decode_register(data: bytes) -> RegisterRequest:
             _optional_str(document.get("address")),
             _optional_str(document.get("token")),
             _optional_str(document.get("credential")),
+            _optional_pem(document.get("csr")),
         )
     except TypeError as exc:
         raise BadMessage("malformed", str(exc)) from None
@@ -278,6 +288,8 @@ def encode_reply(reply: RegisterReply) -> bytes:
             "status": reply.status,
             "credential": reply.credential,
             "reason": reply.reason,
+            "certificate": reply.certificate,
+            "ca": reply.ca,
         }
     )
 
@@ -292,6 +304,19 @@ def decode_reply(data: bytes) -> RegisterReply:
             _str(document.get("status", "")),
             _optional_str(document.get("credential")),
             _str(document.get("reason", "")),
+            _optional_pem(document.get("certificate")),
+            _optional_pem(document.get("ca")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadMessage("malformed", str(exc)) from None
+
+
+MAX_PEM_CHARS = 16 * 1024
+"""A CSR or a certificate of the registration is one small PEM block; anything larger is malformed."""
+
+
+def _optional_pem(value: object) -> str | None:
+    text = _optional_str(value)
+    if text is not None and (len(text) > MAX_PEM_CHARS or not text.startswith("-----BEGIN ")):
+        raise TypeError(f"expected one PEM block of at most {MAX_PEM_CHARS} characters")
+    return text

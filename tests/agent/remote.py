@@ -92,11 +92,13 @@ def agent_process(
     *,
     facts: Mapping[str, object] | None = None,
     tls: TlsFiles | None = None,
+    bootstrap: bool = False,
     env: Mapping[str, str] | None = None,
     ports: tuple[int, int] | None = None,
     extra: tuple[str, ...] = (),
 ) -> AgentProcess:
-    """An agent for ``node`` under ``root/node`` (not started): ``--insecure`` unless ``tls`` is given. Agents
+    """An agent for ``node`` under ``root/node`` (not started): ``--insecure`` unless ``tls`` is given, or
+    ``bootstrap`` (neither: the certificate comes from the controller's CA at registration, with ``--nats``). Agents
     sharing this machine need ``ports`` ranges of their own: a port one agent just chose may not be bound yet
     when another agent's free-port check runs."""
     state = root / node
@@ -109,10 +111,10 @@ def agent_process(
         facts_path = state / "facts.json"
         facts_path.write_text(json.dumps(facts))
         args += ["--facts", str(facts_path)]
-    if tls is None:
-        args.append("--insecure")
-    else:
+    if tls is not None:
         args += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--tls-ca", str(tls.ca)]
+    elif not bootstrap:
+        args.append("--insecure")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FLEETD_")}
     environment.update(env or {})
     return AgentProcess(node, state, args, environment, root / f"{node}.log")
