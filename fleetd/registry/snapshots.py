@@ -10,7 +10,8 @@ A ``SnapshotCache`` makes the snapshots of one registry cheap at fleet scale: bu
 keyed by the whole row they were built from, so a row that did not change gets the very same value back, and a
 snapshot in which nothing changed returns the previous ``ObservedState`` itself, with the fingerprint and the
 indexes it already computed. Keying by the complete row (every column the value is made of) is what keeps it
-exact: a cached value is always the one the row would build.
+exact: a cached value is always the one the row would build. The rows are read as the driver's tuples and first
+compared with the last snapshot's whole lists (one C-level comparison), so a quiet fleet hashes no row at all.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 
 from fleetd.core.observed import (
     NodeStatus,
@@ -34,16 +35,20 @@ from fleetd.core.observed import (
 from fleetd.core.timestamps import iso_from_ms
 from fleetd.registry.tables import node_backends, node_labels, nodes, replicas, scheduling_state
 
-NodeKey = tuple[tuple[Any, ...], tuple[tuple[str, str], ...], tuple[str, ...]]
+Row = tuple[Any, ...]
+NodeKey = tuple[Row, tuple[tuple[str, str], ...], tuple[str, ...]]
 """A node's row, labels and installed backends: all an ``ObservedNode`` is built from."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Built:
-    """What one snapshot built, by what it was built from."""
+    """What one snapshot read, and the values it built from it."""
 
+    node_rows: tuple[list[Row], ...] = ()
+    """The rows of the nodes, labels and backends queries."""
     nodes: Mapping[NodeKey, ObservedNode] = field(default_factory=dict)
-    replicas: Mapping[tuple[Any, ...], ObservedReplica] = field(default_factory=dict)
+    replica_rows: list[Row] = field(default_factory=list)
+    replicas: Mapping[Row, ObservedReplica] = field(default_factory=dict)
     state: ObservedState = field(default_factory=ObservedState)
 
 
@@ -68,8 +73,11 @@ class SnapshotCache:
 def snapshot(conn: Connection, cache: SnapshotCache | None = None) -> ObservedState:
     """The registry's observed state; with ``cache``, unchanged rows reuse the values the last snapshot built."""
     last = cache.last if cache is not None else _Built()
-    node_values = _nodes(conn, last.nodes)
-    replica_values = _replicas(conn, last.replicas)
+    node_rows = _node_rows(conn)
+    node_values = last.nodes if node_rows == last.node_rows else _nodes(node_rows, last.nodes)
+    replica_rows = _fetch(conn, _REPLICAS)
+    same = replica_rows == last.replica_rows  # one C-level comparison: a quiet fleet hashes no row
+    replica_values = last.replicas if same else _replicas(replica_rows, last.replicas)
     records = _records(conn)
     nodes_ = tuple(node_values.values())
     replicas_ = tuple(replica_values.values())
@@ -79,43 +87,73 @@ def snapshot(conn: Connection, cache: SnapshotCache | None = None) -> ObservedSt
     else:
         state = ObservedState(nodes=nodes_, replicas=replicas_, scheduling=records)
     if cache is not None:
-        cache.keep(_Built(node_values, replica_values, state))
+        cache.keep(_Built(node_rows, node_values, replica_rows, replica_values, state))
     return state
 
 
-def _nodes(conn: Connection, known: Mapping[NodeKey, ObservedNode]) -> dict[NodeKey, ObservedNode]:
+def _fetch(conn: Connection, statement: Select[Any]) -> list[Row]:
+    """The statement's rows as the driver's plain tuples: SQLAlchemy's ``Row`` objects cost microseconds each,
+    and the columns read here need no conversion."""
+    result = conn.execute(statement)
+    try:
+        return [tuple(row) for row in result.cursor.fetchall()] if result.cursor is not None else []
+    finally:
+        result.close()
+
+
+_LABELS = select(node_labels.c.node, node_labels.c.key, node_labels.c.value).order_by(
+    node_labels.c.node, node_labels.c.key
+)
+_BACKENDS = (
+    select(node_backends.c.node, node_backends.c.backend)
+    .where(node_backends.c.state == "installed")
+    .order_by(node_backends.c.node, node_backends.c.backend)
+)
+_NODES = select(
+    nodes.c.name,
+    nodes.c.status,
+    nodes.c.gpu_vendor,
+    nodes.c.total_vram,
+    nodes.c.available_vram,
+    nodes.c.reserved_vram,
+    nodes.c.total_ram,
+    nodes.c.available_ram,
+    nodes.c.max_replicas_per_model,
+    nodes.c.approved,
+    nodes.c.last_error,
+).order_by(nodes.c.name)
+_REPLICAS = select(
+    replicas.c.instance,
+    replicas.c.node,
+    replicas.c.replica,
+    replicas.c.state,
+    replicas.c.address,
+    replicas.c.config_hash,
+    replicas.c.vram_bytes,
+    replicas.c.in_flight,
+    replicas.c.last_used_ms,
+    replicas.c.restarts,
+    replicas.c.last_error,
+    replicas.c.state_since_ms,
+    replicas.c.restart_requested_ms,
+).order_by(replicas.c.instance, replicas.c.node, replicas.c.replica)
+
+
+def _node_rows(conn: Connection) -> tuple[list[Row], ...]:
+    return (_fetch(conn, _NODES), _fetch(conn, _LABELS), _fetch(conn, _BACKENDS))
+
+
+def _nodes(rows: tuple[list[Row], ...], known: Mapping[NodeKey, ObservedNode]) -> dict[NodeKey, ObservedNode]:
+    node_rows, label_rows, backend_rows = rows
     labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for node, key, value in conn.execute(
-        select(node_labels.c.node, node_labels.c.key, node_labels.c.value).order_by(
-            node_labels.c.node, node_labels.c.key
-        )
-    ).all():
+    for node, key, value in label_rows:
         labels[node].append((key, value))
     backends: dict[str, list[str]] = defaultdict(list)
-    for node, backend in conn.execute(
-        select(node_backends.c.node, node_backends.c.backend)
-        .where(node_backends.c.state == "installed")
-        .order_by(node_backends.c.node, node_backends.c.backend)
-    ).all():
+    for node, backend in backend_rows:
         backends[node].append(backend)
-    rows = conn.execute(
-        select(
-            nodes.c.name,
-            nodes.c.status,
-            nodes.c.gpu_vendor,
-            nodes.c.total_vram,
-            nodes.c.available_vram,
-            nodes.c.reserved_vram,
-            nodes.c.total_ram,
-            nodes.c.available_ram,
-            nodes.c.max_replicas_per_model,
-            nodes.c.approved,
-            nodes.c.last_error,
-        ).order_by(nodes.c.name)
-    ).all()
     built: dict[NodeKey, ObservedNode] = {}
-    for row in rows:
-        key = (tuple(row), tuple(labels.get(row[0], ())), tuple(backends.get(row[0], ())))
+    for row in node_rows:
+        key = (row, tuple(labels.get(row[0], ())), tuple(backends.get(row[0], ())))
         value = known.get(key)
         built[key] = value if value is not None else _node(key)
     return built
@@ -142,31 +180,11 @@ def _node(key: NodeKey) -> ObservedNode:
     )
 
 
-def _replicas(
-    conn: Connection, known: Mapping[tuple[Any, ...], ObservedReplica]
-) -> dict[tuple[Any, ...], ObservedReplica]:
-    rows = conn.execute(
-        select(
-            replicas.c.instance,
-            replicas.c.node,
-            replicas.c.replica,
-            replicas.c.state,
-            replicas.c.address,
-            replicas.c.config_hash,
-            replicas.c.vram_bytes,
-            replicas.c.in_flight,
-            replicas.c.last_used_ms,
-            replicas.c.restarts,
-            replicas.c.last_error,
-            replicas.c.state_since_ms,
-            replicas.c.restart_requested_ms,
-        ).order_by(replicas.c.instance, replicas.c.node, replicas.c.replica)
-    ).all()
-    built: dict[tuple[Any, ...], ObservedReplica] = {}
+def _replicas(rows: list[Row], known: Mapping[Row, ObservedReplica]) -> dict[Row, ObservedReplica]:
+    built: dict[Row, ObservedReplica] = {}
     for row in rows:
-        key = tuple(row)
-        value = known.get(key)
-        built[key] = value if value is not None else _replica(key)
+        value = known.get(row)
+        built[row] = value if value is not None else _replica(row)
     return built
 
 
@@ -191,14 +209,15 @@ def _replica(row: tuple[Any, ...]) -> ObservedReplica:
 
 
 def _records(conn: Connection) -> tuple[SchedulingRecord, ...]:
-    rows = conn.execute(
+    rows = _fetch(
+        conn,
         select(
             scheduling_state.c.instance,
             scheduling_state.c.unsatisfiable_ticks,
             scheduling_state.c.cooldown_until_ms,
             scheduling_state.c.capacity_digest,
-        ).order_by(scheduling_state.c.instance)
-    ).all()
+        ).order_by(scheduling_state.c.instance),
+    )
     return tuple(
         SchedulingRecord(
             instance=instance, unsatisfiable_ticks=ticks, cooldown_until=_iso(until), capacity=capacity
