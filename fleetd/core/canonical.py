@@ -47,3 +47,12 @@ def canonical_json(value: Any) -> str:
 def digest(value: Any) -> str:
     """``sha256:<hex>`` of the canonical JSON of ``value``."""
     return "sha256:" + hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def plain_digest(value: Any) -> str:
+    """``digest(value)`` for a value that is plain data already: strings, ints, bools, ``None``, tuples, lists
+    and dicts with string keys of those (no dataclass, enum or set). ``to_plain`` would return it as it
+    is (tuples as lists, which JSON writes alike), so the JSON and the digest are the same, without the walk
+    that costs about a microsecond per item (the observed fingerprint hashes 50,000 replicas each cycle)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

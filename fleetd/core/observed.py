@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
 
-from fleetd.core.canonical import digest
+from fleetd.core.canonical import plain_digest
 from fleetd.core.desired import Labels
 
 
@@ -120,20 +120,28 @@ class ObservedState:
         fail a step but never over-commit a node.
 
         Independent of the order of nodes, replicas and records. Computed once per value (a snapshot is
-        immutable): at 50,000 replicas it costs about 100 ms.
+        immutable), as ``digest`` of the same data, written as plain data so that no generic walk is needed.
         """
         replicas = sorted(
-            (r.instance, r.node, r.replica, r.state, r.address, r.config_hash) for r in self.replicas
+            (r.instance, r.node, r.replica, r.state.value, r.address, r.config_hash) for r in self.replicas
         )
-        scheduling = sorted(self.scheduling, key=lambda s: s.instance)
-        return digest((self.placement_digest, replicas, scheduling))
+        scheduling = [
+            {
+                "instance": s.instance,
+                "unsatisfiable_ticks": s.unsatisfiable_ticks,
+                "cooldown_until": s.cooldown_until,
+                "capacity": s.capacity,
+            }
+            for s in sorted(self.scheduling, key=lambda s: s.instance)
+        ]
+        return plain_digest((self.placement_digest, replicas, scheduling))
 
     @cached_property
     def placement_digest(self) -> str:
         """Digest of the nodes' placement structure: identity, status, approval, labels, backends, slots, GPU
         vendor and total VRAM, whatever order the nodes come in. The scheduling hysteresis ends a cooldown when
         it changes."""
-        return digest(
+        return plain_digest(
             tuple(
                 (
                     n.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fleetd.core.desired import ENV_REFERENCE, BackendType
@@ -82,16 +83,17 @@ def _replica_bounds(m: Manifest) -> Iterator[Finding]:
 def _placement_feasibility(m: Manifest) -> Iterator[Finding]:
     if not m.nodes:
         return
-    selected: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    selected: dict[tuple[tuple[str, str], ...], _Matched] = {}
     for name, inst in m.instances.items():
         yield from _instance_feasibility(name, inst, m.nodes, selected)
 
 
 def _instance_feasibility(
-    name: str, inst: Instance, nodes: dict[str, Node], selected: dict[tuple[tuple[str, str], ...], list[str]]
+    name: str, inst: Instance, nodes: dict[str, Node], selected: dict[tuple[tuple[str, str], ...], _Matched]
 ) -> Iterator[Finding]:
-    """``selected`` memoizes the nodes each distinct selector matches: many instances share a selector, and
-    matching every instance against every node is instances x nodes work (1,000 x 200 in bench/validate.py)."""
+    """``selected`` memoizes the nodes each distinct selector matches and their slots: many instances share a
+    selector, and matching or counting every instance against every node is instances x nodes work (1,000 x 200
+    in bench/validate.py; 5,000 x 10,000 in bench/cycle.py)."""
     base = ("instances", name, "scheduling")
     pins = inst.scheduling.nodes
     selector = inst.scheduling.node_selector
@@ -99,11 +101,13 @@ def _instance_feasibility(
         if pin not in nodes:
             yield _E, (*base, "nodes", i), _missing("node", pin, list(nodes)), False
     key = tuple(sorted(selector.items()))
-    matching = selected.get(key)
-    if matching is None:
-        matching = selected[key] = [n for n in nodes if _selects(selector, n, nodes[n])]
-    allowed = set(pins) if pins is not None else None
-    candidates = [n for n in matching if allowed is None or n in allowed]
+    matched = selected.get(key)
+    if matched is None:
+        matched = selected[key] = _matched([n for n in nodes if _selects(selector, n, nodes[n])], nodes)
+    if pins is not None:
+        allowed = set(pins)
+        matched = _matched([n for n in matched.names if n in allowed], nodes)
+    candidates = matched.names
     if not candidates:
         what = " and ".join(
             filter(
@@ -122,7 +126,7 @@ def _instance_feasibility(
         )
         return
     minimum, _ = replica_bounds(inst)
-    slots = sum(nodes[n].max_replicas_per_model for n in candidates)
+    slots = matched.slots
     if minimum > slots:
         yield (
             _E,
@@ -132,8 +136,7 @@ def _instance_feasibility(
             False,
         )
         return
-    active = [n for n in candidates if not nodes[n].drain]
-    active_slots = sum(nodes[n].max_replicas_per_model for n in active)
+    active_slots = matched.active_slots
     if minimum > active_slots:
         yield (
             _W,
@@ -142,6 +145,22 @@ def _instance_feasibility(
             f"offer {active_slots} replica slot{'s' if active_slots != 1 else ''}",
             False,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Matched:
+    """The declared nodes that an instance's selector (and pins) admit, and their replica slots."""
+
+    names: tuple[str, ...]
+    slots: int
+    active_slots: int
+    """The slots of those nodes that are not draining."""
+
+
+def _matched(names: list[str], nodes: dict[str, Node]) -> _Matched:
+    slots = sum(nodes[n].max_replicas_per_model for n in names)
+    active = sum(nodes[n].max_replicas_per_model for n in names if not nodes[n].drain)
+    return _Matched(tuple(names), slots, active)
 
 
 def _selects(selector: dict[str, str], node_name: str, node: Node) -> bool:

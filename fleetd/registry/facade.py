@@ -18,7 +18,7 @@ from fleetd.core.observed import NodeStatus, ObservedState
 from fleetd.registry import apply_log, credentials, join_tokens, leases, nodes, pending_ops, replicas, reservations
 from fleetd.registry.engine import open_engine, read_only
 from fleetd.registry.migrating import upgrade
-from fleetd.registry.snapshots import snapshot
+from fleetd.registry.snapshots import SnapshotCache, snapshot
 
 Clock = Callable[[], int]
 """Milliseconds since the Unix epoch."""
@@ -41,6 +41,8 @@ class Registry:
     engine: Engine
     clock: Clock = field(default=system_clock_ms)
     _single_statements: Engine = field(init=False, repr=False, compare=False)
+    _snapshots: SnapshotCache = field(init=False, repr=False, compare=False, default_factory=SnapshotCache)
+    """The last snapshot's values, reused by the next one where rows did not change (``registry/snapshots.py``)."""
 
     def __post_init__(self) -> None:
         # On PostgreSQL a reserve or a release is one atomic statement, so it runs in autocommit: no BEGIN and
@@ -52,7 +54,7 @@ class Registry:
 
     def snapshot(self) -> ObservedState:
         with read_only(self.engine) as conn:
-            return snapshot(conn)
+            return snapshot(conn, self._snapshots)
 
     # nodes
     def register_node(self, name: str, facts: nodes.NodeFacts, **kwargs: Any) -> NodeStatus:

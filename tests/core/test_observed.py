@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fleetd.core.canonical import digest
 from fleetd.core.observed import (
     NodeStatus,
     ObservedNode,
@@ -49,3 +50,15 @@ def test_when_a_replica_s_state_changed_is_a_reading_not_structure() -> None:
     assert ObservedState(nodes=NODES, replicas=(dated, REPLICAS[1]), scheduling=RECORDS).fingerprint == (
         STATE.fingerprint
     )
+
+
+def test_fingerprints_are_the_canonical_digest_of_the_structure() -> None:
+    """The fast plain-data digests hash exactly what ``digest`` hashes: saved plans and golden renderings keep
+    their fingerprints."""
+    placement = tuple(
+        (n.name, n.status, n.approved, n.labels, n.backends, n.max_replicas_per_model, n.gpu_vendor, n.total_vram)
+        for n in NODES
+    )
+    assert STATE.placement_digest == digest(placement)
+    structure = sorted((r.instance, r.node, r.replica, r.state, r.address, r.config_hash) for r in REPLICAS)
+    assert STATE.fingerprint == digest((STATE.placement_digest, structure, RECORDS))

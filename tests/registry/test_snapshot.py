@@ -197,9 +197,8 @@ def test_snapshot_issues_the_same_few_queries_whatever_the_size(engine: Engine, 
     assert (len(small.nodes), len(small.replicas), len(small.scheduling)) == (10, 20, 10)
     assert (len(large.nodes), len(large.replicas), len(large.scheduling)) == (200, 400, 200)
     assert len(small_statements) == len(large_statements)
-    assert [s.lstrip().split()[0].upper() for s in large_statements].count(
-        "SELECT"
-    ) == 6  # labels, backends, nodes, tombstones, replicas, scheduling
+    kinds = [s.lstrip().split()[0].upper() for s in large_statements]
+    assert kinds.count("SELECT") == 6  # nodes, labels, backends, replicas, tombstones, scheduling
 
 
 def test_fingerprint_follows_structure_not_live_readings(engine: Engine, clock: ManualClock) -> None:
@@ -266,3 +265,55 @@ def test_fingerprint_follows_structure_not_live_readings(engine: Engine, clock: 
     with engine.begin() as conn:
         set_scheduling(conn, "chat", 1, None, clock())
     changed()
+
+
+def test_a_cached_snapshot_is_what_a_fresh_one_reads(engine: Engine, clock: ManualClock) -> None:
+    """``Registry.snapshot`` reuses the values of unchanged rows (``SnapshotCache``): each change, structural or
+    a live reading, shows as a snapshot without the cache reads it; with no change, the same value returns."""
+    registry = Registry(engine, clock)
+    registry.register_node("gpu-a", FACTS)
+    registry.approve_node("gpu-a")
+    registry.upsert_replica(ReplicaRecord("chat", "gpu-a", 0, ReplicaState.RUNNING, config_hash="h1"))
+    registry.upsert_replica(ReplicaRecord("chat", "gpu-a", 1, ReplicaState.RUNNING, config_hash="h1"))
+    last = registry.snapshot()
+
+    def fresh() -> ObservedState:
+        with read_only(engine) as conn:
+            return snapshot(conn)
+
+    def check(changed: bool) -> None:
+        nonlocal last
+        cached, expected = registry.snapshot(), fresh()
+        assert (cached.nodes, cached.replicas, cached.scheduling) == (
+            expected.nodes,
+            expected.replicas,
+            expected.scheduling,
+        )
+        assert cached.fingerprint == expected.fingerprint
+        assert (cached is last) is not changed
+        last = cached
+
+    check(changed=False)
+    clock.advance(1_000)
+    registry.heartbeat([Heartbeat("gpu-a", available_vram=3 * GIB, available_ram=GIB)])
+    check(changed=True)
+    registry.upsert_replica(
+        ReplicaRecord(
+            "chat", "gpu-a", 1, ReplicaState.RUNNING, config_hash="h1", in_flight=2, last_used_ms=clock()
+        )
+    )
+    check(changed=True)
+    fingerprint = last.fingerprint
+    registry.upsert_replica(ReplicaRecord("chat", "gpu-a", 1, ReplicaState.FAILED, config_hash="h1"))
+    check(changed=True)
+    assert last.fingerprint != fingerprint
+    registry.set_labels("gpu-a", {"zone": "eu-1"})
+    check(changed=True)
+    with engine.begin() as conn:
+        nodes.set_backend_state(conn, "gpu-a", "llama", "installed", now_ms=clock())
+        set_scheduling(conn, "chat", 1, None, clock())
+    check(changed=True)
+    with engine.begin() as conn:
+        replicas.remove(conn, "chat", "gpu-a", 0)
+    check(changed=True)
+    check(changed=False)
