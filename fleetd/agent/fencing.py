@@ -6,6 +6,10 @@ controller that lost its lease (paused, partitioned, slow to notice) cannot act 
 has spoken to it. The epoch is written to the state dir (atomically, fsynced) before the command runs, so an
 agent restart does not forget it.
 
+A leader's health probe carries its epoch too: the agent raises its highest epoch to it without refusing anything
+(``observe``), so a new leader's first look at a node, at its first cycle, fences the old leader out there even
+before it has had anything to command.
+
 A command that was admitted keeps running if a newer controller speaks meanwhile (a load waiting on its
 replica's health): the newer controller's next observation sees the replica and plans on it.
 """
@@ -53,6 +57,15 @@ class EpochGuard:
             if epoch > self._highest:
                 _write(self._path, epoch)
                 self._highest = epoch
+
+    def observe(self, epoch: int) -> bool:
+        """A leader's read announced its epoch: remember it if higher (never refuse a read); True if it was."""
+        with self._lock:
+            if epoch <= self._highest:
+                return False
+            _write(self._path, epoch)
+            self._highest = epoch
+            return True
 
 
 def _read(path: Path) -> int:

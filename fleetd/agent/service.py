@@ -120,6 +120,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return pb.ReplicaList(replicas=[status_message(s) for s in replicas])
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.NodeReport:
+        if request.fence.epoch and self._guard.observe(request.fence.epoch):
+            log.info(
+                "%sa new controller leads (%s, lease epoch %d)",
+                self._mark,
+                request.fence.holder,
+                request.fence.epoch,
+            )
         return report_message(self._serve(context, request.node, "report health", self._agent.health))
 
     def Estimate(self, request: pb.EstimateRequest, context: grpc.ServicerContext) -> pb.EstimateReply:

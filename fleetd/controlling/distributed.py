@@ -50,8 +50,8 @@ class LayoutError(ValueError):
 class Layout:
     """How the nodes are reached: ``remote`` (name, address) pairs declared in the manifest, ``joined`` ones
     admitted over the bus (their agent told its address when it registered), and the node that this machine's
-    in-process agent serves (``None``: none). Every node in ``joined`` beats over the bus, so it is observed
-    through its heartbeats and not polled; ``remote`` nodes that never joined are polled every observation."""
+    in-process agent serves (``None``: none). With ``bus`` (this controller ingests heartbeats), the joined nodes
+    are observed through their heartbeats and not polled (``beating``); every other remote node is polled."""
 
     remote: tuple[tuple[str, str], ...] = ()
     local: str | None = None
@@ -72,7 +72,9 @@ class Layout:
 
     @property
     def beating(self) -> frozenset[str]:
-        return frozenset(name for name, _ in self.joined)
+        """The nodes observed through their heartbeats: the joined ones, when this controller runs the bus's
+        ingest; without it (a one-shot command, ``serve`` without ``--nats``) they are polled like the others."""
+        return frozenset(name for name, _ in self.joined) if self.bus else frozenset()
 
 
 def layout_of(

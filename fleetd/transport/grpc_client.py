@@ -165,7 +165,7 @@ class GrpcAgentClient:
         return self._call("list replicas", self._call_timeout_s, run)
 
     def health(self) -> NodeReport:
-        message = pb.HealthRequest(node=self._node)
+        message = pb.HealthRequest(node=self._node, fence=self._fence_message())
         return self._call(
             "health", self._call_timeout_s, lambda t: report_value(self._stub.Health(message, timeout=t))
         )

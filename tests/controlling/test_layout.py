@@ -37,7 +37,8 @@ def test_several_address_less_nodes_beside_remote_ones_are_served_by_none() -> N
 def test_joined_nodes_or_a_bus_make_it_distributed() -> None:
     joined = (("gpu-j", "10.0.0.9:7443"),)
     layout = layout_of(None, joined=joined)
-    assert (layout.distributed, layout.local, layout.beating) == (True, None, frozenset({"gpu-j"}))
+    assert (layout.distributed, layout.local, layout.beating) == (True, None, frozenset())  # polled: no ingest
+    assert layout_of(None, joined=joined, bus=True).beating == frozenset({"gpu-j"})
     assert layout.addresses == {"gpu-j": "10.0.0.9:7443"}
     assert layout_of(None, bus=True).distributed
     assert fleet_kind(layout_of(state(NodeSpec("here")), bus=True)) == (True, "here")
@@ -45,6 +46,6 @@ def test_joined_nodes_or_a_bus_make_it_distributed() -> None:
 
 def test_the_manifest_s_address_wins_over_the_registered_one() -> None:
     desired = state(NodeSpec("gpu-j", address="10.0.0.5:7443"))
-    layout = layout_of(desired, joined=(("gpu-j", "192.168.1.9:7443"),))
+    layout = layout_of(desired, joined=(("gpu-j", "192.168.1.9:7443"),), bus=True)
     assert layout.addresses == {"gpu-j": "10.0.0.5:7443"}
     assert layout.beating == frozenset({"gpu-j"})
