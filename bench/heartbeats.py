@@ -34,15 +34,8 @@ from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.facade import Registry, open_registry
 from fleetd.registry.tables import nodes
 from fleetd.transport.bus_api import BusMessage
-from fleetd.transport.bus_messages import (
-    HEARTBEATS,
-    HeartbeatMessage,
-    ReplicaSummary,
-    credential_hash,
-    encode_heartbeat,
-    heartbeat_subject,
-    node_key,
-)
+from fleetd.transport.bus_messages import HEARTBEATS, credential_hash, heartbeat_subject, node_key
+from fleetd.transport.heartbeat_wire import Beat, HeartbeatMessage, ReplicaSummary, encode_heartbeat
 from fleetd.transport.nats_bus import NatsBus
 
 GIB = 1024**3
@@ -143,7 +136,7 @@ def run(url: str, args: argparse.Namespace, work: Path) -> None:
     registry = open_registry(url)
     delays: list[float] = []
 
-    def flushed(batch: list[HeartbeatMessage]) -> None:
+    def flushed(batch: list[Beat]) -> None:
         now_ms = time.time_ns() // 1_000_000
         delays.extend(now_ms - m.sent_ms for m in batch)
 

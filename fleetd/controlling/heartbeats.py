@@ -1,12 +1,14 @@
 """Heartbeat ingest: nodes' signed reports from the bus, written to the registry in batches (DESIGN.md §3).
 
 ``offer`` runs on the bus's handler thread for every message and does only what must be done per message: size
-and version checks, the node's key (cached), the HMAC signature, and the sequence (a replayed or reordered
-beat of the same agent process is stale). Accepted beats wait in a buffer keyed by node (a newer beat of the
+and version checks, the node's key (cached), the HMAC over the body's bytes as received, the readings, and the
+sequence (a replayed or reordered beat of the same agent process is stale). The node's inventory (backends,
+replicas) is decoded only when its bytes differ from the last written beat's (``heartbeat_wire``): in a quiet
+fleet, no beat builds a replica object. Accepted beats wait in a buffer keyed by node (a newer beat of the
 same node replaces an older one not yet written); ``flush`` writes the buffer in ONE transaction. What is
 written per node depends on what changed since its previous beat: the readings always (one statement for the
-whole batch); backends and replica rows only when they changed; otherwise the replicas' live readings
-(in-flight, last use) in one more statement. When a flush changed what the planner sees (a replica's state,
+whole batch); backends and replica rows only when the inventory changed; otherwise the replicas' live readings
+(in-flight, last use) in one more statement, when they changed. When a flush changed what the planner sees (a replica's state,
 config or address, a node's backends, a node back from silence), ``on_change`` runs: the daemon's trigger for
 a cycle, so a crash is acted on at once and a quiet fleet costs no cycles.
 
@@ -28,7 +30,8 @@ from fleetd.registry.agent_reports import BeatWrite, record_heartbeats
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import Heartbeat
 from fleetd.registry.replicas import ReplicaRecord
-from fleetd.transport.bus_messages import BadMessage, HeartbeatMessage, ReplicaSummary, peek_node, verify_heartbeat
+from fleetd.transport.bus_messages import BadMessage
+from fleetd.transport.heartbeat_wire import Beat, ReplicaSummary, unwrap_heartbeat, verify_heartbeat
 
 log = logging.getLogger("fleetd.controller")
 
@@ -43,15 +46,16 @@ UNKNOWN_KEY_RETRY_S = 5.0
 """How long a node without a key is refused before the key source is asked again (unknown nodes beat too)."""
 
 
-@dataclass(slots=True)
+Structure = tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
+"""What the planner sees of a node's replicas: instance, replica, state, config hash, address, restarts."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Seen:
     """What the registry last got from a node: to write only changes, and to refuse stale beats."""
 
-    boot: str
-    seq: int
-    backends: frozenset[str]
-    structure: tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
-    readings: tuple[tuple[str, int, int, int | None], ...]
+    beat: Beat
+    structure: Structure
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,7 @@ class HeartbeatIngest:
         clock_s: Callable[[], float] = time.monotonic,
         unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
         lost_after_ms: int = LOST_AFTER_MS,
-        on_flushed: Callable[[list[HeartbeatMessage]], None] | None = None,
+        on_flushed: Callable[[list[Beat]], None] | None = None,
     ) -> None:
         """``on_flushed`` hears the beats of each committed batch (``bench/heartbeats.py`` measures delays)."""
         self._registry = registry
@@ -91,7 +95,7 @@ class HeartbeatIngest:
         self._flush_interval_s = flush_interval_s
         self._clock_s = clock_s
         self._lock = threading.Lock()
-        self._pending: dict[str, HeartbeatMessage] = {}
+        self._pending: dict[str, Beat] = {}
         self._seen: dict[str, _Seen] = {}
         self._key_cache: dict[str, bytes] = {}
         self._unknown_until: dict[str, float] = {}
@@ -109,21 +113,24 @@ class HeartbeatIngest:
         """Check one message and buffer it; the drop reason, or ``None`` when it was accepted."""
         node = "?"
         try:
-            document, node = peek_node(data)
+            signed = unwrap_heartbeat(data)
+            node = signed.node
             key = self._key(node)
             if key is None:
                 raise BadMessage("unknown_node", f"no credential registered for node {node!r}")
-            message = verify_heartbeat(document, key)
+            seen = self._seen.get(node)
+            beat = verify_heartbeat(signed, key, seen.beat if seen is not None else None)
         except BadMessage as exc:
             return self._dropped(node, exc)
         with self._lock:
-            last = self._pending.get(node) or self._seen.get(node)
-            stale = last is not None and last.boot == message.boot and message.seq <= last.seq
+            seen = self._seen.get(node)
+            last = self._pending.get(node) or (seen.beat if seen is not None else None)
+            stale = last is not None and last.boot == beat.boot and beat.seq <= last.seq
             if not stale:
-                self._pending[node] = message
+                self._pending[node] = beat
                 self.counters.accepted += 1
         if stale and last is not None:
-            return self._dropped(node, BadMessage("stale", f"seq {message.seq} after {last.seq}"))
+            return self._dropped(node, BadMessage("stale", f"seq {beat.seq} after {last.seq}"))
         return None
 
     def forget_key(self, node: str) -> None:
@@ -193,28 +200,26 @@ class HeartbeatIngest:
             except Exception:  # a database hiccup must not end ingest; the next round retries
                 log.exception("writing a batch of heartbeats failed")
 
-    def _writes(self, batch: dict[str, HeartbeatMessage]) -> tuple[list[BeatWrite], bool]:
+    def _writes(self, batch: dict[str, Beat]) -> tuple[list[BeatWrite], bool]:
         writes: list[BeatWrite] = []
         changed = False
-        for node, message in batch.items():
-            seen = _seen_of(message)
+        for node, beat in batch.items():
             with self._lock:
                 before = self._seen.get(node)
+            reading = Heartbeat(node, beat.available_vram, beat.available_ram)
+            if before is not None and before.beat.inventory is beat.inventory:  # the common case: nothing new
+                seen = _Seen(beat, before.structure)
+                live = () if before.beat.live is beat.live else tuple(_records(node, beat))
+                write = BeatWrite(reading, readings=live)
+            else:
+                seen = _Seen(beat, _structure(beat))
+                known = before.beat.inventory.backends if before is not None else ()
+                new_backends = tuple(sorted(set(beat.inventory.backends) - set(known)))
+                changed = changed or new_backends != () or before is None or before.structure != seen.structure
+                write = BeatWrite(reading, new_backends, tuple(_records(node, beat)))
+            with self._lock:
                 self._seen[node] = seen
-            new_backends = tuple(sorted(seen.backends - (before.backends if before else frozenset())))
-            records = tuple(_record(node, r) for r in message.replicas)
-            structure_changed = before is None or before.structure != seen.structure
-            changed = changed or structure_changed or bool(new_backends)
-            writes.append(
-                BeatWrite(
-                    Heartbeat(node, message.available_vram, message.available_ram),
-                    new_backends,
-                    records if structure_changed else None,
-                    records
-                    if before is not None and not structure_changed and before.readings != seen.readings
-                    else (),
-                )
-            )
+            writes.append(write)
         return writes, changed
 
     # helpers --------------------------------------------------------------------------------------------------
@@ -245,15 +250,13 @@ class HeartbeatIngest:
         return exc.reason
 
 
-def _seen_of(message: HeartbeatMessage) -> _Seen:
-    replicas = sorted(message.replicas, key=lambda r: (r.instance, r.replica))
-    return _Seen(
-        boot=message.boot,
-        seq=message.seq,
-        backends=frozenset(message.backends),
-        structure=tuple((r.instance, r.replica, r.state, r.config_hash, r.address, r.restarts) for r in replicas),
-        readings=tuple((r.instance, r.replica, r.in_flight, r.last_used_ms) for r in replicas),
-    )
+def _structure(beat: Beat) -> Structure:
+    replicas = sorted(beat.inventory.replicas, key=lambda r: (r.instance, r.replica))
+    return tuple((r.instance, r.replica, r.state, r.config_hash, r.address, r.restarts) for r in replicas)
+
+
+def _records(node: str, beat: Beat) -> list[ReplicaRecord]:
+    return [_record(node, summary) for summary in beat.replicas()]
 
 
 def _record(node: str, summary: ReplicaSummary) -> ReplicaRecord:

@@ -4,6 +4,7 @@ in batches, and a cycle asked for only when what the planner sees changed. On SQ
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 
 import pytest
@@ -15,12 +16,13 @@ from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import NodeFacts
 from fleetd.transport.agent_api import NodeReport, ReplicaStatus
-from fleetd.transport.bus_messages import (
+from fleetd.transport.bus_messages import heartbeat_subject, node_key
+from fleetd.transport.heartbeat_wire import (
+    Beat,
     HeartbeatMessage,
     ReplicaSummary,
+    decode_heartbeat,
     encode_heartbeat,
-    heartbeat_subject,
-    node_key,
 )
 from tests.conftest import ManualClock
 
@@ -55,6 +57,23 @@ def beat(
     )
 
 
+def signed(node: str, body: bytes) -> bytes:
+    """A heartbeat envelope around ``body``, signed with the node's key however wrong the body is."""
+    signature = hmac.digest(KEYS[node], body, "sha256").hex().encode()
+    return b'{"v":2,"node":"' + node.encode() + b'","sig":"' + signature + b'","body":' + body + b"}"
+
+
+def test_a_beat_round_trips_and_is_signed_over_the_bytes_sent() -> None:
+    message = dataclasses.replace(beat("gpu-a", 3, in_flight=2), backends=("llama", "vllm"))
+    data = encode_heartbeat(message, KEYS["gpu-a"])
+    assert decode_heartbeat(data, KEYS["gpu-a"]) == message
+    document = json.loads(data)
+    assert (document["v"], document["node"]) == (2, "gpu-a")
+    body = data[data.index(b'"body":') + len(b'"body":') : -1]
+    assert document["sig"] == hmac.digest(KEYS["gpu-a"], body, "sha256").hex()
+    assert b"credential" not in data
+
+
 def test_a_signed_beat_is_written_and_a_forged_one_is_dropped(registry: Registry) -> None:
     changes: list[int] = []
     ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1))
@@ -82,8 +101,33 @@ def test_a_signed_beat_is_written_and_a_forged_one_is_dropped(registry: Registry
         (b"not json", "malformed"),
         (b"[1, 2]", "malformed"),
         (json.dumps({"v": 9, "node": "gpu-a"}).encode(), "version"),
-        (json.dumps({"v": 1, "node": "gpu-z", "sig": "00"}).encode(), "unknown_node"),
-        (json.dumps({"v": 1, "node": "gpu-a"}).encode(), "unsigned"),
+        (json.dumps({"v": 1, "node": "gpu-a", "sig": "00", "seq": 1}).encode(), "version"),  # the old format
+        (b'{"v":1,"node":"gpu-a","sig":"' + b"0" * 64 + b'","body":{}}', "version"),
+        (encode_heartbeat(beat("gpu-z", 1), node_key("gpu-z")), "unknown_node"),
+        (json.dumps({"v": 2, "node": "gpu-a"}).encode(), "unsigned"),
+        (json.dumps({"v": 2, "node": "gpu-a", "sig": "00", "body": {}}).encode(), "malformed"),  # not the layout
+        (encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]).replace(b'{"v":2,', b'{"v": 2,'), "malformed"),
+        (encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]).replace(b'"seq":1,', b'"seq":2,'), "bad_signature"),
+        (
+            signed("gpu-a", b'{"seq":1,"boot":"b","sent_ms":0,"available_vram":1,"available_ram":1,"live":[]}'),
+            "malformed",
+        ),
+        (
+            signed(
+                "gpu-a",
+                b'{"seq":-1,"boot":"b","sent_ms":0,"available_vram":1,"available_ram":1,"live":[],'
+                b'"inventory":{"gpu_vendor":"x","total_vram":1,"total_ram":1,"backends":[],"replicas":[]}}',
+            ),
+            "malformed",
+        ),
+        (
+            signed(
+                "gpu-a",
+                b'{"seq":1,"boot":"b","sent_ms":0,"available_vram":1,"available_ram":1,"live":[[0,null]],'
+                b'"inventory":{"gpu_vendor":"x","total_vram":1,"total_ram":1,"backends":[],"replicas":[]}}',
+            ),
+            "malformed",
+        ),
         (b" " * (1 << 21), "too_large"),
     ],
 )
@@ -207,3 +251,28 @@ def test_a_replica_the_node_no_longer_reports_loses_its_row(registry: Registry) 
     ingest.offer(encode_heartbeat(dataclasses.replace(beat("gpu-a", 2), replicas=()), KEYS["gpu-a"]))
     ingest.flush()
     assert [(r.node, r.instance) for r in registry.snapshot().replicas] == [("gpu-b", "chat")]
+
+
+def test_an_unchanged_inventory_is_not_decoded_again_and_a_quiet_change_is_written_without_a_cycle(
+    registry: Registry,
+) -> None:
+    changes: list[int] = []
+    flushed: list[Beat] = []
+    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1), on_flushed=flushed.extend)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.flush()
+    ingest.offer(encode_heartbeat(beat("gpu-a", 2, free=3 * GIB), KEYS["gpu-a"]))
+    ingest.flush()
+    first, second = flushed
+    assert second.inventory is first.inventory and second.live is first.live  # decoded once, compared by bytes
+    assert {n.name: n.available_vram for n in registry.snapshot().nodes}["gpu-a"] == 3 * GIB
+    assert changes == [1]
+
+    message = beat("gpu-a", 3)
+    grown = dataclasses.replace(message.replicas[0], vram_bytes=6 * GIB, last_error="slow start")
+    ingest.offer(encode_heartbeat(dataclasses.replace(message, replicas=(grown,)), KEYS["gpu-a"]))
+    ingest.flush()
+    assert flushed[-1].inventory is not second.inventory
+    (replica,) = registry.snapshot().replicas
+    assert (replica.vram_bytes, replica.last_error) == (6 * GIB, "slow start")
+    assert changes == [1]  # neither is what the planner decides on: no cycle
