@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, and_, case, delete, func, select, text, update
 
 from fleetd.core.names import AUTO_LABEL_KEYS
 from fleetd.core.observed import NodeStatus
@@ -132,37 +132,48 @@ def approve(conn: Connection, name: str, *, now_ms: int) -> None:
     )
 
 
-def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> None:
-    """Record readings of many nodes in one batched statement; unhealthy/offline approved nodes recover.
+_RECOVER = (
+    "CASE WHEN nodes.approved AND nodes.status IN ('unhealthy', 'offline') THEN 'healthy' ELSE nodes.status END"
+)
+_HEARTBEAT_POSTGRESQL = text(
+    "UPDATE nodes SET available_vram = b.vram, available_ram = b.ram, last_heartbeat_ms = :now, "
+    f"updated_ms = :now, last_error = NULL, status = {_RECOVER} "
+    "FROM unnest(CAST(:names AS text[]), CAST(:vrams AS bigint[]), CAST(:rams AS bigint[])) AS b(name, vram, ram) "
+    "WHERE nodes.name = b.name"
+)
+_LOCK_POSTGRESQL = text("SELECT name FROM nodes WHERE name = ANY(CAST(:names AS text[])) ORDER BY name FOR UPDATE")
+_HEARTBEAT_SQLITE = (
+    "UPDATE nodes SET available_vram = ?, available_ram = ?, last_heartbeat_ms = ?, updated_ms = ?, "
+    f"last_error = NULL, status = {_RECOVER} WHERE name = ?"
+)
 
-    Rows are updated in node-name order whatever order the batch came in, so two controllers writing
-    overlapping batches at once lock the rows in the same order and cannot deadlock (on PostgreSQL).
+
+def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> None:
+    """Record readings of many nodes in one statement; unhealthy/offline approved nodes recover (healthy).
+
+    Written without an ORM row per node (a controller writes thousands a second): on PostgreSQL one ``UPDATE …
+    FROM unnest(…)`` of three arrays, on SQLite one ``executemany`` of plain tuples. The rows are locked in
+    node-name order whatever order the batch came in, so two controllers writing overlapping batches at once,
+    and the missed-heartbeat sweep, lock them in the same order and cannot deadlock (on PostgreSQL).
     """
     if not beats:
         return
     beats = sorted(beats, key=lambda b: b.node)
-    conn.execute(
-        update(nodes)
-        .where(nodes.c.name == bindparam("b_node"))
-        .values(
-            available_vram=bindparam("b_vram"),
-            available_ram=bindparam("b_ram"),
-            last_heartbeat_ms=now_ms,
-            updated_ms=now_ms,
-            last_error=None,
-        ),
-        [{"b_node": b.node, "b_vram": b.available_vram, "b_ram": b.available_ram} for b in beats],
-    )
-    conn.execute(
-        update(nodes)
-        .where(
-            and_(
-                nodes.c.name.in_([b.node for b in beats]),
-                nodes.c.approved.is_(True),
-                nodes.c.status.in_([NodeStatus.UNHEALTHY.value, NodeStatus.OFFLINE.value]),
-            )
+    if conn.dialect.name == "postgresql":
+        names = [b.node for b in beats]
+        conn.execute(_LOCK_POSTGRESQL, {"names": names})
+        conn.execute(
+            _HEARTBEAT_POSTGRESQL,
+            {
+                "names": names,
+                "vrams": [b.available_vram for b in beats],
+                "rams": [b.available_ram for b in beats],
+                "now": now_ms,
+            },
         )
-        .values(status=NodeStatus.HEALTHY.value)
+        return
+    conn.exec_driver_sql(
+        _HEARTBEAT_SQLITE, [(b.available_vram, b.available_ram, now_ms, now_ms, b.node) for b in beats]
     )
 
 

@@ -121,7 +121,12 @@ class SignedBeat:
 
 def encode_heartbeat(message: HeartbeatMessage, key: bytes) -> bytes:
     """The message as the wire carries it, signed with ``key`` (what an agent publishes)."""
-    body = _dumps(
+    return sign_heartbeat(message.node, encode_body(message), key)
+
+
+def encode_body(message: HeartbeatMessage) -> bytes:
+    """The signed part of a heartbeat: readings first, the inventory last (see the module's docstring)."""
+    return _dumps(
         {
             "seq": message.seq,
             "boot": message.boot,
@@ -138,9 +143,12 @@ def encode_heartbeat(message: HeartbeatMessage, key: bytes) -> bytes:
             },
         }
     )
+
+
+def sign_heartbeat(node: str, body: bytes, key: bytes) -> bytes:
+    """``body`` (``encode_body``'s) in the envelope, signed with ``key``."""
     signature = hmac.digest(key, body, "sha256").hex().encode()
-    node = _dumps(message.node)
-    return b'{"v":2,"node":' + node + b',"sig":"' + signature + b'","body":' + body + b"}"
+    return b'{"v":2,"node":' + _dumps(node) + b',"sig":"' + signature + b'","body":' + body + b"}"
 
 
 def unwrap_heartbeat(data: bytes) -> SignedBeat:
