@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 from sqlalchemy import insert, select
 
-from fleetd.controlling.heartbeats import HeartbeatIngest, registry_keys
+from fleetd.controlling.heartbeats import HeartbeatIngest, registry_all_keys, registry_keys
 from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.facade import Registry, open_registry
@@ -193,7 +193,9 @@ def run(url: str, args: argparse.Namespace, work: Path) -> Result:
 
     with BundledNats("127.0.0.1", 0, work) as server:
         bus = NatsBus.connect(server.url, name="bench-controller")
-        ingest = HeartbeatIngest(registry, registry_keys(registry), on_flushed=flushed)
+        ingest = HeartbeatIngest(
+            registry, registry_keys(registry), on_flushed=flushed, all_keys=registry_all_keys(registry)
+        )
 
         def offer(message: BusMessage) -> None:
             ingest.offer(message.data)
@@ -278,18 +280,12 @@ def watch_lost(registry: Registry, stopped_file: Path, seconds: float) -> list[f
     found: dict[str, float] = {}
     while len(found) < len(last) and time.monotonic() < end:
         with registry.engine.connect() as conn:
-            offline = (
-                conn.execute(
-                    select(nodes.c.name).where(
-                        nodes.c.name.in_(list(last)), nodes.c.status == NodeStatus.OFFLINE.value
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            offline = conn.execute(select(nodes.c.name).where(nodes.c.status == NodeStatus.OFFLINE.value))
+            names = offline.scalars().all()
         now_ms = time.time_ns() // 1_000_000
-        for node in offline:
-            found.setdefault(node, now_ms - last[node])
+        for node in names:
+            if node in last:
+                found.setdefault(node, now_ms - last[node])
         time.sleep(0.1)  # polling the registry at 100 ms resolution
     return list(found.values())
 

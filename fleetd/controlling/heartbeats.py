@@ -37,6 +37,9 @@ log = logging.getLogger("fleetd.controller")
 
 KeySource = Callable[[str], bytes | None]
 """A node's heartbeat key (``node_key`` of its credential), or ``None`` for a node with none (unknown)."""
+AllKeys = Callable[[], dict[str, bytes]]
+"""Every node's heartbeat key at once: warms the cache at ``start``, so a controller starting under a beating
+fleet of thousands does not look keys up one query per node on the bus thread."""
 FLUSH_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 1.0
 UNHEALTHY_AFTER_MS = 6_000
@@ -86,10 +89,12 @@ class HeartbeatIngest:
         unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
         lost_after_ms: int = LOST_AFTER_MS,
         on_flushed: Callable[[list[Beat]], None] | None = None,
+        all_keys: AllKeys | None = None,
     ) -> None:
         """``on_flushed`` hears the beats of each committed batch (``bench/heartbeats.py`` measures delays)."""
         self._registry = registry
         self._keys = keys
+        self._all_keys = all_keys
         self._on_change = on_change
         self._on_flushed = on_flushed
         self._flush_interval_s = flush_interval_s
@@ -142,6 +147,11 @@ class HeartbeatIngest:
     # the writer side ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._all_keys is not None:
+            warm = self._all_keys()
+            with self._lock:
+                for node, key in warm.items():
+                    self._key_cache.setdefault(node, key)
         self._thread = threading.Thread(target=self._run, name="fleetd-heartbeats", daemon=True)
         self._thread.start()
 
@@ -283,3 +293,8 @@ def registry_keys(registry: Registry) -> KeySource:
         return bytes.fromhex(stored) if stored else None
 
     return key
+
+
+def registry_all_keys(registry: Registry) -> AllKeys:
+    """Every node's heartbeat key from the registry, in one query."""
+    return lambda: {node: bytes.fromhex(stored) for node, stored in registry.node_credential_hashes().items()}

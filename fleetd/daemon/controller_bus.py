@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetd.controlling.admission import QUEUE, Admission
-from fleetd.controlling.heartbeats import HeartbeatIngest, registry_keys
+from fleetd.controlling.heartbeats import HeartbeatIngest, registry_all_keys, registry_keys
 from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.facade import Registry
 from fleetd.transport.bus_api import Subscription
@@ -43,7 +43,9 @@ class ControllerBus:
         self.server: BundledNats | None = None
         self.bus: NatsBus | None = None
         self.admission = Admission(registry)
-        self.ingest = HeartbeatIngest(registry, registry_keys(registry), on_change=on_change)
+        self.ingest = HeartbeatIngest(
+            registry, registry_keys(registry), on_change=on_change, all_keys=registry_all_keys(registry)
+        )
         self._subscriptions: list[Subscription] = []
 
     def start(self) -> None:

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import Engine
 
 from fleetd.agent.heartbeats import HeartbeatSender
-from fleetd.controlling.heartbeats import HeartbeatIngest
+from fleetd.controlling.heartbeats import HeartbeatIngest, registry_all_keys, registry_keys
 from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import NodeFacts
 from fleetd.transport.agent_api import NodeReport, ReplicaStatus
-from fleetd.transport.bus_messages import heartbeat_subject, node_key
+from fleetd.transport.bus_messages import credential_hash, heartbeat_subject, node_key
 from fleetd.transport.heartbeat_wire import (
     Beat,
     HeartbeatMessage,
@@ -276,3 +276,27 @@ def test_an_unchanged_inventory_is_not_decoded_again_and_a_quiet_change_is_writt
     (replica,) = registry.snapshot().replicas
     assert (replica.vram_bytes, replica.last_error) == (6 * GIB, "slow start")
     assert changes == [1]  # neither is what the planner decides on: no cycle
+
+
+def test_the_keys_of_every_node_are_read_at_once_at_start(registry: Registry) -> None:
+    asked: list[str] = []
+
+    def one_key(node: str) -> bytes | None:
+        asked.append(node)
+        return KEYS.get(node)
+
+    ingest = HeartbeatIngest(registry, one_key, all_keys=lambda: {"gpu-a": KEYS["gpu-a"]})
+    ingest.start()
+    try:
+        assert ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"])) is None
+        assert ingest.offer(encode_heartbeat(beat("gpu-b", 1), KEYS["gpu-b"])) is None  # registered since
+    finally:
+        ingest.stop()
+    assert asked == ["gpu-b"]
+    assert {n.name: n.available_vram for n in registry.snapshot().nodes}["gpu-a"] == 20 * GIB
+
+
+def test_the_registry_gives_every_node_key_at_once(registry: Registry) -> None:
+    registry.set_node_credential("gpu-a", credential_hash("credential-of-gpu-a"))
+    assert registry_all_keys(registry)() == {"gpu-a": KEYS["gpu-a"]}
+    assert registry_keys(registry)("gpu-a") == KEYS["gpu-a"] and registry_keys(registry)("gpu-b") is None
