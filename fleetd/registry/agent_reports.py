@@ -92,9 +92,7 @@ def record_heartbeats(registry: Registry, writes: Sequence[BeatWrite]) -> None:
     ordered = sorted(writes, key=lambda w: w.beat.node)
     with registry.engine.begin() as conn:
         nodes.heartbeat(conn, [w.beat for w in ordered], now_ms=now)
-        for write in ordered:
-            for backend in write.new_backends:
-                nodes.set_backend_state(conn, write.beat.node, backend, "installed", now_ms=now)
+        nodes.set_backends_installed(conn, [(w.beat.node, b) for w in ordered for b in w.new_backends], now_ms=now)
         _sync_many(conn, {w.beat.node: w.replica_rows for w in ordered if w.replica_rows is not None}, now_ms=now)
         readings = [r for w in ordered if w.replica_rows is None for r in w.readings]
         if readings:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, case, delete, func, select, text, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, text, update
 
 from fleetd.core.names import AUTO_LABEL_KEYS
 from fleetd.core.observed import NodeStatus
@@ -376,6 +376,21 @@ def set_backend_state(
     values = {"state": state, "version": version, "last_error": error, "updated_ms": now_ms}
     stmt = insert_for(conn, node_backends).values(node=node, backend=backend, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["node", "backend"], set_=values))
+
+
+def set_backends_installed(conn: Connection, pairs: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+    """``set_backend_state(node, backend, "installed")`` for many (node, backend) pairs in one executemany (a
+    controller seeing a fleet's heartbeats for the first time)."""
+    if not pairs:
+        return
+    values = {"state": "installed", "version": None, "last_error": None, "updated_ms": now_ms}
+    stmt = insert_for(conn, node_backends).values(
+        node=bindparam("p_node"), backend=bindparam("p_backend"), **values
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=["node", "backend"], set_=values),
+        [{"p_node": node, "p_backend": backend} for node, backend in sorted(pairs)],
+    )
 
 
 def remove(conn: Connection, name: str) -> None:

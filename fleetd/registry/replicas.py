@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, select, text, update
 
 from fleetd.core.observed import ReplicaState
 from fleetd.registry.dialects import insert_for
@@ -115,9 +115,44 @@ _UPSERTED = (
 )
 
 
+_UNNESTED = (
+    ("instance", "text"),
+    ("node", "text"),
+    ("replica", "integer"),
+    ("state", "text"),
+    ("address", "text"),
+    ("pid", "integer"),
+    ("process_start", "text"),
+    ("container_id", "text"),
+    ("config_hash", "text"),
+    ("vram_bytes", "bigint"),
+    ("restarts", "integer"),
+    ("last_error", "text"),
+    ("in_flight", "integer"),
+    ("last_used_ms", "bigint"),
+)
+_UPSERT_POSTGRESQL = text(
+    f"INSERT INTO replicas ({', '.join(c for c, _ in _UNNESTED)}, updated_ms, state_since_ms) "
+    "SELECT u.*, CAST(:now AS bigint), CAST(:now AS bigint) FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _UNNESTED)
+    + f") AS u({', '.join(c for c, _ in _UNNESTED)}) ON CONFLICT (instance, node, replica) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPSERTED)
+    + ", state_since_ms = CASE WHEN replicas.state = excluded.state "
+    "THEN coalesce(replicas.state_since_ms, CAST(:now AS bigint)) ELSE CAST(:now AS bigint) END"
+)
+
+
 def upsert_many(conn: Connection, records: Sequence[ReplicaRecord], *, now_ms: int) -> None:
-    """``upsert`` of many rows in one executemany statement (heartbeat batches of thousands of nodes)."""
+    """``upsert`` of many rows at once (heartbeat batches of thousands of nodes): on PostgreSQL one ``INSERT …
+    SELECT FROM unnest(…) ON CONFLICT`` of one array per column, elsewhere one executemany. A row named twice
+    is written once, as last given (one statement may not update a row twice)."""
     if not records:
+        return
+    records = list({(r.instance, r.node, r.replica): r for r in records}.values())
+    if conn.dialect.name == "postgresql":
+        columns: dict[str, Any] = {c: [getattr(r, c) for r in records] for c, _ in _UNNESTED}
+        columns["state"] = [r.state.value for r in records]
+        conn.execute(_UPSERT_POSTGRESQL, {**columns, "now": now_ms})
         return
     stmt = insert_for(conn, replicas)
     excluded = stmt.excluded

@@ -300,3 +300,24 @@ def test_the_registry_gives_every_node_key_at_once(registry: Registry) -> None:
     registry.set_node_credential("gpu-a", credential_hash("credential-of-gpu-a"))
     assert registry_all_keys(registry)() == {"gpu-a": KEYS["gpu-a"]}
     assert registry_keys(registry)("gpu-a") == KEYS["gpu-a"] and registry_keys(registry)("gpu-b") is None
+
+
+def test_a_replica_keeps_its_state_since_until_its_state_changes(registry: Registry, clock: ManualClock) -> None:
+    ingest = HeartbeatIngest(registry, KEYS.get)
+
+    def since() -> str | None:
+        (replica,) = registry.snapshot().replicas
+        return replica.state_since
+
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.flush()
+    started = since()
+    clock.advance(5_000)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 2, backends=("llama", "vllm")), KEYS["gpu-a"]))  # rows rewritten
+    ingest.flush()
+    assert since() == started and started is not None
+    assert {n.name: n.backends for n in registry.snapshot().nodes}["gpu-a"] == ("llama", "vllm")
+    clock.advance(5_000)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 3, state=ReplicaState.FAILED), KEYS["gpu-a"]))
+    ingest.flush()
+    assert since() != started
