@@ -235,10 +235,10 @@ class HeartbeatIngest:
     # helpers --------------------------------------------------------------------------------------------------
 
     def _key(self, node: str) -> bytes | None:
+        cached = self._key_cache.get(node)  # one dict read: atomic, no lock needed on the hot path
+        if cached is not None:
+            return cached
         with self._lock:
-            cached = self._key_cache.get(node)
-            if cached is not None:
-                return cached
             if self._unknown_until.get(node, 0.0) > self._clock_s():
                 return None
         key = self._keys(node)

@@ -9,6 +9,7 @@ replica has been failed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +116,7 @@ _UPSERTED = (
 )
 
 
-_UNNESTED = (
+_RECORDSET = (
     ("instance", "text"),
     ("node", "text"),
     ("replica", "integer"),
@@ -132,10 +133,10 @@ _UNNESTED = (
     ("last_used_ms", "bigint"),
 )
 _UPSERT_POSTGRESQL = text(
-    f"INSERT INTO replicas ({', '.join(c for c, _ in _UNNESTED)}, updated_ms, state_since_ms) "
-    "SELECT u.*, CAST(:now AS bigint), CAST(:now AS bigint) FROM unnest("
-    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _UNNESTED)
-    + f") AS u({', '.join(c for c, _ in _UNNESTED)}) ON CONFLICT (instance, node, replica) DO UPDATE SET "
+    f"INSERT INTO replicas ({', '.join(c for c, _ in _RECORDSET)}, updated_ms, state_since_ms) "
+    "SELECT u.*, CAST(:now AS bigint), CAST(:now AS bigint) FROM json_to_recordset(CAST(:rows AS json)) AS u("
+    + ", ".join(f"{c} {t}" for c, t in _RECORDSET)
+    + ") ON CONFLICT (instance, node, replica) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _UPSERTED)
     + ", state_since_ms = CASE WHEN replicas.state = excluded.state "
     "THEN coalesce(replicas.state_since_ms, CAST(:now AS bigint)) ELSE CAST(:now AS bigint) END"
@@ -144,15 +145,14 @@ _UPSERT_POSTGRESQL = text(
 
 def upsert_many(conn: Connection, records: Sequence[ReplicaRecord], *, now_ms: int) -> None:
     """``upsert`` of many rows at once (heartbeat batches of thousands of nodes): on PostgreSQL one ``INSERT …
-    SELECT FROM unnest(…) ON CONFLICT`` of one array per column, elsewhere one executemany. A row named twice
-    is written once, as last given (one statement may not update a row twice)."""
+    SELECT FROM json_to_recordset(…) ON CONFLICT`` of one JSON parameter, elsewhere one executemany. A row
+    named twice is written once, as last given (one statement may not update a row twice)."""
     if not records:
         return
     records = list({(r.instance, r.node, r.replica): r for r in records}.values())
     if conn.dialect.name == "postgresql":
-        columns: dict[str, Any] = {c: [getattr(r, c) for r in records] for c, _ in _UNNESTED}
-        columns["state"] = [r.state.value for r in records]
-        conn.execute(_UPSERT_POSTGRESQL, {**columns, "now": now_ms})
+        rows = [{c: getattr(r, c) for c, _ in _RECORDSET} for r in records]
+        conn.execute(_UPSERT_POSTGRESQL, {"rows": json.dumps(rows), "now": now_ms})
         return
     stmt = insert_for(conn, replicas)
     excluded = stmt.excluded

@@ -13,8 +13,9 @@ last::
     {"seq":7,"boot":"…","sent_ms":…,"available_vram":…,"available_ram":…,"live":[[in_flight,last_used_ms],…],
      "inventory":{"gpu_vendor":…,"total_vram":…,"total_ram":…,"backends":[…],"replicas":[{…},…]}}
 
-so a receiver parses the small readings part of every beat and the inventory (backends, replicas: what the
-planner sees) only when its bytes differ from the node's previous beat's; ``live`` holds each replica's
+so a receiver reads the small readings part of every beat (with one regular expression: the layout is exactly
+``encode_body``'s, anything else is ``malformed``) and parses the inventory (backends, replicas: what the
+planner sees) and ``live`` only when their bytes differ from the node's previous beat's; ``live`` holds each replica's
 in-flight count and last use, in the order of ``inventory.replicas``. A valid beat is valid JSON as a whole.
 
 The key is the SHA-256 of the node's credential (``bus_messages.node_key``). Decoding is strict and total: the
@@ -34,8 +35,20 @@ from fleetd.transport.bus_messages import MAX_MESSAGE_BYTES, BadMessage
 
 HEARTBEAT_VERSION = 2
 _ENVELOPE = re.compile(rb'\{"v":(-?[0-9]{1,9}),"node":"([a-z0-9._-]{1,253})","sig":"([0-9a-f]{64})","body":')
-_INVENTORY = b',"inventory":'
-_READINGS = ("seq", "boot", "sent_ms", "available_vram", "available_ram", "live")
+_NUMBER = rb"(0|[1-9][0-9]{0,18})"
+_READINGS = re.compile(
+    rb'\{"seq":'
+    + _NUMBER
+    + rb',"boot":"([A-Za-z0-9_.-]{1,64})","sent_ms":'
+    + _NUMBER
+    + rb',"available_vram":'
+    + _NUMBER
+    + rb',"available_ram":'
+    + _NUMBER
+    + rb',"live":(\[[0-9nul,\[\]]*\]),"inventory":'
+)
+"""The readings part of a body, as ``encode_body`` writes it: parsed without a JSON parser, numbers as JSON
+writes non-negative integers; ``live`` (JSON) is parsed only when its bytes changed."""
 
 Live = tuple[tuple[int, int | None], ...]
 """Each replica's (in-flight requests, last use in ms or ``None``), in the order of the inventory's replicas."""
@@ -98,7 +111,7 @@ class Beat:
     available_ram: int
     live: Live
     inventory: Inventory
-    raw_live: Any
+    raw_live: bytes
     raw_inventory: bytes
     """The live readings and the inventory as received, to compare the next beat's with."""
 
@@ -197,29 +210,26 @@ def decode_heartbeat(data: bytes, key: bytes) -> HeartbeatMessage:
 
 def _beat(signed: SignedBeat, previous: Beat | None) -> Beat:
     body = signed.body
-    split = body.find(_INVENTORY)
-    if split < 0 or not body.endswith(b"}"):
-        raise ValueError("the body has no inventory last")
-    readings = json.loads(body[:split] + b"}")
-    if not isinstance(readings, dict) or tuple(readings) != _READINGS:
-        raise ValueError(f"the body's readings are not {', '.join(_READINGS)}")
-    raw_inventory = body[split + len(_INVENTORY) : -1]
+    readings = _READINGS.match(body)
+    if readings is None or not body.endswith(b"}"):
+        raise ValueError("the body is not in the heartbeat's layout (readings, then the inventory)")
+    raw_inventory = body[readings.end() : -1]
     if previous is not None and previous.raw_inventory == raw_inventory:
         inventory = previous.inventory
     else:
         inventory = _inventory(json.loads(raw_inventory))
-    raw_live = readings["live"]
+    raw_live = readings[6]
     if previous is not None and previous.inventory is inventory and previous.raw_live == raw_live:
         live = previous.live
     else:
-        live = _live(raw_live, len(inventory.replicas))
+        live = _live(json.loads(raw_live), len(inventory.replicas))
     return Beat(
         signed.node,
-        _int(readings["seq"]),
-        _str(readings["boot"]),
-        _int(readings["sent_ms"]),
-        _int(readings["available_vram"]),
-        _int(readings["available_ram"]),
+        int(readings[1]),
+        readings[2].decode(),
+        int(readings[3]),
+        int(readings[4]),
+        int(readings[5]),
         live,
         inventory,
         raw_live,
