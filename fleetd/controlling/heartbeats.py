@@ -101,6 +101,7 @@ class HeartbeatIngest:
         self._clock_s = clock_s
         self._lock = threading.Lock()
         self._pending: dict[str, Beat] = {}
+        self._writing: dict[str, Beat] = {}
         self._seen: dict[str, _Seen] = {}
         self._key_cache: dict[str, bytes] = {}
         self._unknown_until: dict[str, float] = {}
@@ -129,7 +130,7 @@ class HeartbeatIngest:
             return self._dropped(node, exc)
         with self._lock:
             seen = self._seen.get(node)
-            last = self._pending.get(node) or (seen.beat if seen is not None else None)
+            last = self._pending.get(node) or self._writing.get(node) or (seen.beat if seen is not None else None)
             stale = last is not None and last.boot == beat.boot and beat.seq <= last.seq
             if not stale:
                 self._pending[node] = beat
@@ -165,10 +166,17 @@ class HeartbeatIngest:
         """Write every buffered beat in one transaction; the number written."""
         with self._lock:
             batch, self._pending = self._pending, {}
+            self._writing = batch  # still the newest of each node's beats, for the stale check, until seen
         if not batch:
             return 0
-        writes, changed = self._writes(batch)
-        record_heartbeats(self._registry, writes)
+        try:
+            writes, changed, seen = self._writes(batch)
+            record_heartbeats(self._registry, writes)
+            with self._lock:  # only what was committed counts as seen: a failed batch is written whole next time
+                self._seen.update(seen)
+        finally:
+            with self._lock:
+                self._writing = {}
         if self._on_flushed is not None:
             self._on_flushed(list(batch.values()))
         with self._lock:
@@ -210,27 +218,26 @@ class HeartbeatIngest:
             except Exception:  # a database hiccup must not end ingest; the next round retries
                 log.exception("writing a batch of heartbeats failed")
 
-    def _writes(self, batch: dict[str, Beat]) -> tuple[list[BeatWrite], bool]:
+    def _writes(self, batch: dict[str, Beat]) -> tuple[list[BeatWrite], bool, dict[str, _Seen]]:
+        """What to write for each beat, whether the planner's view changed, and what the registry will have seen.
+        Only the flushing thread writes ``_seen``: reading it needs no lock."""
         writes: list[BeatWrite] = []
+        seen: dict[str, _Seen] = {}
         changed = False
         for node, beat in batch.items():
-            with self._lock:
-                before = self._seen.get(node)
+            before = self._seen.get(node)
             reading = Heartbeat(node, beat.available_vram, beat.available_ram)
             if before is not None and before.beat.inventory is beat.inventory:  # the common case: nothing new
-                seen = _Seen(beat, before.structure)
+                seen[node] = _Seen(beat, before.structure)
                 live = () if before.beat.live is beat.live else tuple(_records(node, beat))
-                write = BeatWrite(reading, readings=live)
-            else:
-                seen = _Seen(beat, _structure(beat))
-                known = before.beat.inventory.backends if before is not None else ()
-                new_backends = tuple(sorted(set(beat.inventory.backends) - set(known)))
-                changed = changed or new_backends != () or before is None or before.structure != seen.structure
-                write = BeatWrite(reading, new_backends, tuple(_records(node, beat)))
-            with self._lock:
-                self._seen[node] = seen
-            writes.append(write)
-        return writes, changed
+                writes.append(BeatWrite(reading, readings=live))
+                continue
+            now = seen[node] = _Seen(beat, _structure(beat))
+            known = before.beat.inventory.backends if before is not None else ()
+            new_backends = tuple(sorted(set(beat.inventory.backends) - set(known)))
+            changed = changed or new_backends != () or before is None or before.structure != now.structure
+            writes.append(BeatWrite(reading, new_backends, tuple(_records(node, beat))))
+        return writes, changed, seen
 
     # helpers --------------------------------------------------------------------------------------------------
 
