@@ -227,9 +227,9 @@ class HeartbeatIngest:
         for node, beat in batch.items():
             before = self._seen.get(node)
             reading = Heartbeat(node, beat.available_vram, beat.available_ram)
-            if before is not None and before.beat.inventory is beat.inventory:  # the common case: nothing new
+            if before is not None and before.beat.raw_inventory == beat.raw_inventory:  # the common case
                 seen[node] = _Seen(beat, before.structure)
-                live = () if before.beat.live is beat.live else tuple(_records(node, beat))
+                live = () if before.beat.raw_live == beat.raw_live else tuple(_records(node, beat))
                 writes.append(BeatWrite(reading, readings=live))
                 continue
             now = seen[node] = _Seen(beat, _structure(beat))
