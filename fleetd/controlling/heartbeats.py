@@ -124,8 +124,7 @@ class HeartbeatIngest:
             key = self._key(node)
             if key is None:
                 raise BadMessage("unknown_node", f"no credential registered for node {node!r}")
-            seen = self._seen.get(node)
-            beat = verify_heartbeat(signed, key, seen.beat if seen is not None else None)
+            beat = verify_heartbeat(signed, key, self._newest(node))
         except BadMessage as exc:
             return self._dropped(node, exc)
         with self._lock:
@@ -240,6 +239,12 @@ class HeartbeatIngest:
         return writes, changed, seen
 
     # helpers --------------------------------------------------------------------------------------------------
+
+    def _newest(self, node: str) -> Beat | None:
+        """The node's newest accepted beat (buffered, being written or written), whose inventory the next beat
+        most likely repeats. Lock-free: a dict read is atomic, and a stale answer only costs a decode."""
+        seen = self._seen.get(node)
+        return self._pending.get(node) or self._writing.get(node) or (seen.beat if seen is not None else None)
 
     def _key(self, node: str) -> bytes | None:
         cached = self._key_cache.get(node)  # one dict read: atomic, no lock needed on the hot path

@@ -373,10 +373,24 @@ def set_backend_state(
     conn.execute(stmt.on_conflict_do_update(index_elements=["node", "backend"], set_=values))
 
 
+_BACKENDS_POSTGRESQL = text(
+    "INSERT INTO node_backends (node, backend, state, version, last_error, updated_ms) "
+    "SELECT p.node, p.backend, 'installed', NULL, NULL, CAST(:now AS bigint) "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS p(node text, backend text) "
+    "ON CONFLICT (node, backend) DO UPDATE SET state = excluded.state, version = excluded.version, "
+    "last_error = excluded.last_error, updated_ms = excluded.updated_ms"
+)
+
+
 def set_backends_installed(conn: Connection, pairs: Sequence[tuple[str, str]], *, now_ms: int) -> None:
-    """``set_backend_state(node, backend, "installed")`` for many (node, backend) pairs in one executemany (a
-    controller seeing a fleet's heartbeats for the first time)."""
+    """``set_backend_state(node, backend, "installed")`` for many (node, backend) pairs in one statement (a
+    controller seeing a fleet's heartbeats for the first time): one JSON parameter on PostgreSQL, one
+    executemany elsewhere."""
     if not pairs:
+        return
+    if conn.dialect.name == "postgresql":
+        rows = json.dumps([{"node": node, "backend": backend} for node, backend in sorted(pairs)])
+        conn.execute(_BACKENDS_POSTGRESQL, {"rows": rows, "now": now_ms})
         return
     values = {"state": "installed", "version": None, "last_error": None, "updated_ms": now_ms}
     stmt = insert_for(conn, node_backends).values(
