@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Callable
 
 from fleetd.transport.agent_api import NodeReport, ReplicaStatus
-from fleetd.transport.bus_messages import HeartbeatMessage, ReplicaSummary, encode_heartbeat, heartbeat_subject
+from fleetd.transport.bus_messages import heartbeat_subject
+from fleetd.transport.heartbeat_wire import HeartbeatMessage, ReplicaSummary, encode_heartbeat
 
 log = logging.getLogger("fleetd.agent")
 HEARTBEAT_INTERVAL_S = 2.0

@@ -1,12 +1,14 @@
 """Heartbeat ingest: nodes' signed reports from the bus, written to the registry in batches (DESIGN.md §3).
 
 ``offer`` runs on the bus's handler thread for every message and does only what must be done per message: size
-and version checks, the node's key (cached), the HMAC signature, and the sequence (a replayed or reordered
-beat of the same agent process is stale). Accepted beats wait in a buffer keyed by node (a newer beat of the
+and version checks, the node's key (cached), the HMAC over the body's bytes as received, the readings, and the
+sequence (a replayed or reordered beat of the same agent process is stale). The node's inventory (backends,
+replicas) is decoded only when its bytes differ from the last written beat's (``heartbeat_wire``): in a quiet
+fleet, no beat builds a replica object. Accepted beats wait in a buffer keyed by node (a newer beat of the
 same node replaces an older one not yet written); ``flush`` writes the buffer in ONE transaction. What is
 written per node depends on what changed since its previous beat: the readings always (one statement for the
-whole batch); backends and replica rows only when they changed; otherwise the replicas' live readings
-(in-flight, last use) in one more statement. When a flush changed what the planner sees (a replica's state,
+whole batch); backends and replica rows only when the inventory changed; otherwise the replicas' live readings
+(in-flight, last use) in one more statement, when they changed. When a flush changed what the planner sees (a replica's state,
 config or address, a node's backends, a node back from silence), ``on_change`` runs: the daemon's trigger for
 a cycle, so a crash is acted on at once and a quiet fleet costs no cycles.
 
@@ -28,12 +30,16 @@ from fleetd.registry.agent_reports import BeatWrite, record_heartbeats
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import Heartbeat
 from fleetd.registry.replicas import ReplicaRecord
-from fleetd.transport.bus_messages import BadMessage, HeartbeatMessage, ReplicaSummary, peek_node, verify_heartbeat
+from fleetd.transport.bus_messages import BadMessage
+from fleetd.transport.heartbeat_wire import Beat, ReplicaSummary, unwrap_heartbeat, verify_heartbeat
 
 log = logging.getLogger("fleetd.controller")
 
 KeySource = Callable[[str], bytes | None]
 """A node's heartbeat key (``node_key`` of its credential), or ``None`` for a node with none (unknown)."""
+AllKeys = Callable[[], dict[str, bytes]]
+"""Every node's heartbeat key at once: warms the cache at ``start``, so a controller starting under a beating
+fleet of thousands does not look keys up one query per node on the bus thread."""
 FLUSH_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 1.0
 UNHEALTHY_AFTER_MS = 6_000
@@ -43,17 +49,18 @@ UNKNOWN_KEY_RETRY_S = 5.0
 """How long a node without a key is refused before the key source is asked again (unknown nodes beat too)."""
 
 
-@dataclass(slots=True)
+Structure = tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
+"""What the planner sees of a node's replicas: instance, replica, state, config hash, address, restarts."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Seen:
     """What the registry last got from a node: to write only changes, and to refuse stale beats."""
 
-    boot: str
-    seq: int
-    backends: frozenset[str]
-    structure: tuple[tuple[str, int, ReplicaState, str, str | None, int], ...]
-    readings: tuple[tuple[str, int, int, int | None], ...]
+    beat: Beat
+    structure: Structure
     at_s: float = 0.0
-    """When it was written (``clock_s``)."""
+    """When this controller wrote it (``clock_s``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +90,20 @@ class HeartbeatIngest:
         clock_s: Callable[[], float] = time.monotonic,
         unhealthy_after_ms: int = UNHEALTHY_AFTER_MS,
         lost_after_ms: int = LOST_AFTER_MS,
-        on_flushed: Callable[[list[HeartbeatMessage]], None] | None = None,
+        on_flushed: Callable[[list[Beat]], None] | None = None,
+        all_keys: AllKeys | None = None,
     ) -> None:
         """``on_flushed`` hears the beats of each committed batch (``bench/heartbeats.py`` measures delays)."""
         self._registry = registry
         self._keys = keys
+        self._all_keys = all_keys
         self._on_change = on_change
         self._on_flushed = on_flushed
         self._flush_interval_s = flush_interval_s
         self._clock_s = clock_s
         self._lock = threading.Lock()
-        self._pending: dict[str, HeartbeatMessage] = {}
+        self._pending: dict[str, Beat] = {}
+        self._writing: dict[str, Beat] = {}
         self._seen: dict[str, _Seen] = {}
         self._key_cache: dict[str, bytes] = {}
         self._unknown_until: dict[str, float] = {}
@@ -111,21 +121,23 @@ class HeartbeatIngest:
         """Check one message and buffer it; the drop reason, or ``None`` when it was accepted."""
         node = "?"
         try:
-            document, node = peek_node(data)
+            signed = unwrap_heartbeat(data)
+            node = signed.node
             key = self._key(node)
             if key is None:
                 raise BadMessage("unknown_node", f"no credential registered for node {node!r}")
-            message = verify_heartbeat(document, key)
+            beat = verify_heartbeat(signed, key, self._newest(node))
         except BadMessage as exc:
             return self._dropped(node, exc)
         with self._lock:
-            last = self._pending.get(node) or self._seen.get(node)
-            stale = last is not None and last.boot == message.boot and message.seq <= last.seq
+            seen = self._seen.get(node)
+            last = self._pending.get(node) or self._writing.get(node) or (seen.beat if seen is not None else None)
+            stale = last is not None and last.boot == beat.boot and beat.seq <= last.seq
             if not stale:
-                self._pending[node] = message
+                self._pending[node] = beat
                 self.counters.accepted += 1
         if stale and last is not None:
-            return self._dropped(node, BadMessage("stale", f"seq {message.seq} after {last.seq}"))
+            return self._dropped(node, BadMessage("stale", f"seq {beat.seq} after {last.seq}"))
         return None
 
     def forget_key(self, node: str) -> None:
@@ -137,6 +149,11 @@ class HeartbeatIngest:
     # the writer side ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._all_keys is not None:
+            warm = self._all_keys()
+            with self._lock:
+                for node, key in warm.items():
+                    self._key_cache.setdefault(node, key)
         self._thread = threading.Thread(target=self._run, name="fleetd-heartbeats", daemon=True)
         self._thread.start()
 
@@ -150,10 +167,17 @@ class HeartbeatIngest:
         """Write every buffered beat in one transaction; the number written."""
         with self._lock:
             batch, self._pending = self._pending, {}
+            self._writing = batch  # still the newest of each node's beats, for the stale check, until seen
         if not batch:
             return 0
-        writes, changed = self._writes(batch)
-        record_heartbeats(self._registry, writes)
+        try:
+            writes, changed, seen = self._writes(batch)
+            record_heartbeats(self._registry, writes)
+            with self._lock:  # only what was committed counts as seen: a failed batch is written whole next time
+                self._seen.update(seen)
+        finally:
+            with self._lock:
+                self._writing = {}
         if self._on_flushed is not None:
             self._on_flushed(list(batch.values()))
         with self._lock:
@@ -195,52 +219,54 @@ class HeartbeatIngest:
             except Exception:  # a database hiccup must not end ingest; the next round retries
                 log.exception("writing a batch of heartbeats failed")
 
-    def _writes(self, batch: dict[str, HeartbeatMessage]) -> tuple[list[BeatWrite], bool]:
-        """What to write for each beat, and whether any changed what the planner sees (a replica's structure,
-        a new backend, a node back from silence)."""
+    def _writes(self, batch: dict[str, Beat]) -> tuple[list[BeatWrite], bool, dict[str, _Seen]]:
+        """What to write for each beat, whether the planner's view changed, and what the registry will have seen.
+        Only the flushing thread writes ``_seen``: reading it needs no lock."""
         writes: list[BeatWrite] = []
+        seen: dict[str, _Seen] = {}
         changed = False
         now_s = self._clock_s()
-        for node, message in batch.items():
-            seen = _seen_of(message, now_s)
-            with self._lock:
-                previous = self._seen.get(node)
-                self._seen[node] = seen
-            before = self._known(previous, message, now_s)
-            returned = previous is not None and (now_s - previous.at_s) * 1000 >= self._unhealthy_after_ms
-            changed = changed or returned or previous is None or previous.structure != seen.structure
-            changed = changed or bool(seen.backends - previous.backends if previous else seen.backends)
-            new_backends = tuple(sorted(seen.backends - (before.backends if before else frozenset())))
-            records = tuple(_record(node, r) for r in message.replicas)
-            structure = before is None or before.structure != seen.structure
-            writes.append(
-                BeatWrite(
-                    Heartbeat(node, message.available_vram, message.available_ram),
-                    new_backends,
-                    records if structure else None,
-                    records if before is not None and not structure and before.readings != seen.readings else (),
-                )
-            )
-        return writes, changed
+        for node, beat in batch.items():
+            previous = self._seen.get(node)
+            before = previous if self._trusted(previous, beat, now_s) else None
+            reading = Heartbeat(node, beat.available_vram, beat.available_ram)
+            if before is not None and before.beat.raw_inventory == beat.raw_inventory:  # the common case
+                seen[node] = _Seen(beat, before.structure, now_s)
+                live = () if before.beat.raw_live == beat.raw_live else tuple(_records(node, beat))
+                writes.append(BeatWrite(reading, readings=live))
+                continue
+            now = seen[node] = _Seen(beat, _structure(beat), now_s)
+            known = before.beat.inventory.backends if before is not None else ()
+            new_backends = tuple(sorted(set(beat.inventory.backends) - set(known)))
+            changed = changed or _changed(previous, now, now_s, self._unhealthy_after_ms)
+            writes.append(BeatWrite(reading, new_backends, tuple(_records(node, beat))))
+        return writes, changed, seen
+
+    def _trusted(self, before: _Seen | None, beat: Beat, now_s: float) -> bool:
+        """Whether this controller may assume the registry still holds its own last write for the node. Not
+        when it did not get the node's previous beat (another controller of the queue group did: ``seq`` skips)
+        or the node was silent long enough to be marked unhealthy (then lost: its replicas' rows forgotten); the
+        beat is then written in full."""
+        return (
+            before is not None
+            and before.beat.boot == beat.boot
+            and beat.seq == before.beat.seq + 1
+            and (now_s - before.at_s) * 1000 < self._unhealthy_after_ms
+        )
 
     # helpers --------------------------------------------------------------------------------------------------
 
-    def _known(self, before: _Seen | None, message: HeartbeatMessage, now_s: float) -> _Seen | None:
-        """What this controller may assume the registry holds for the node: its own last write, unless others
-        may have written since. That is so when this controller did not get the node's previous beat (another
-        controller of the queue group did) or the node was silent long enough to be marked unhealthy (then lost:
-        its replicas' rows forgotten); the beat is then written in full."""
-        if before is None or before.boot != message.boot or message.seq != before.seq + 1:
-            return None
-        if (now_s - before.at_s) * 1000 >= self._unhealthy_after_ms:
-            return None
-        return before
+    def _newest(self, node: str) -> Beat | None:
+        """The node's newest accepted beat (buffered, being written or written), whose inventory the next beat
+        most likely repeats. Lock-free: a dict read is atomic, and a stale answer only costs a decode."""
+        seen = self._seen.get(node)
+        return self._pending.get(node) or self._writing.get(node) or (seen.beat if seen is not None else None)
 
     def _key(self, node: str) -> bytes | None:
+        cached = self._key_cache.get(node)  # one dict read: atomic, no lock needed on the hot path
+        if cached is not None:
+            return cached
         with self._lock:
-            cached = self._key_cache.get(node)
-            if cached is not None:
-                return cached
             if self._unknown_until.get(node, 0.0) > self._clock_s():
                 return None
         key = self._keys(node)
@@ -262,16 +288,23 @@ class HeartbeatIngest:
         return exc.reason
 
 
-def _seen_of(message: HeartbeatMessage, at_s: float) -> _Seen:
-    replicas = sorted(message.replicas, key=lambda r: (r.instance, r.replica))
-    return _Seen(
-        at_s=at_s,
-        boot=message.boot,
-        seq=message.seq,
-        backends=frozenset(message.backends),
-        structure=tuple((r.instance, r.replica, r.state, r.config_hash, r.address, r.restarts) for r in replicas),
-        readings=tuple((r.instance, r.replica, r.in_flight, r.last_used_ms) for r in replicas),
+def _changed(previous: _Seen | None, now: _Seen, now_s: float, silent_ms: int) -> bool:
+    """A beat changed what the planner sees: a new node, a node back from silence, a replica's structure, a new
+    backend."""
+    if previous is None or (now_s - previous.at_s) * 1000 >= silent_ms:
+        return True
+    return previous.structure != now.structure or bool(
+        set(now.beat.inventory.backends) - set(previous.beat.inventory.backends)
     )
+
+
+def _structure(beat: Beat) -> Structure:
+    replicas = sorted(beat.inventory.replicas, key=lambda r: (r.instance, r.replica))
+    return tuple((r.instance, r.replica, r.state, r.config_hash, r.address, r.restarts) for r in replicas)
+
+
+def _records(node: str, beat: Beat) -> list[ReplicaRecord]:
+    return [_record(node, summary) for summary in beat.replicas()]
 
 
 def _record(node: str, summary: ReplicaSummary) -> ReplicaRecord:
@@ -298,3 +331,8 @@ def registry_keys(registry: Registry) -> KeySource:
         return bytes.fromhex(stored) if stored else None
 
     return key
+
+
+def registry_all_keys(registry: Registry) -> AllKeys:
+    """Every node's heartbeat key from the registry, in one query."""
+    return lambda: {node: bytes.fromhex(stored) for node, stored in registry.node_credential_hashes().items()}

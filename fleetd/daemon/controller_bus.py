@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetd.controlling.admission import QUEUE, Admission
-from fleetd.controlling.heartbeats import LOST_AFTER_MS, UNHEALTHY_AFTER_MS, HeartbeatIngest, registry_keys
+from fleetd.controlling.heartbeats import (
+    LOST_AFTER_MS,
+    UNHEALTHY_AFTER_MS,
+    HeartbeatIngest,
+    registry_all_keys,
+    registry_keys,
+)
 from fleetd.daemon.nats_server import BundledNats
 from fleetd.registry.facade import Registry
 from fleetd.transport.bus_api import Subscription
@@ -54,6 +60,7 @@ class ControllerBus:
             on_change=on_change,
             unhealthy_after_ms=unhealthy_after_ms,
             lost_after_ms=lost_after_ms,
+            all_keys=registry_all_keys(registry),
         )
         self._subscriptions: list[Subscription] = []
 

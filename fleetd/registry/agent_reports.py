@@ -8,10 +8,11 @@ report in the distributed mode; nothing else writes observations.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, select, text, update
 
 from fleetd.registry import nodes, replicas
 from fleetd.registry.facade import Registry
@@ -52,11 +53,7 @@ def _sync_many(
         return
     replicas.upsert_many(conn, [r for rows in rows_by_node.values() for r in rows], now_ms=now_ms)
     wanted = {(r.node, r.instance, r.replica) for rows in rows_by_node.values() for r in rows}
-    existing = conn.execute(
-        select(replica_rows.c.node, replica_rows.c.instance, replica_rows.c.replica).where(
-            replica_rows.c.node.in_(list(rows_by_node))
-        )
-    ).all()
+    existing = _existing(conn, list(rows_by_node))
     gone = [{"g_node": n, "g_instance": i, "g_replica": r} for n, i, r in existing if (n, i, r) not in wanted]
     if gone:
         conn.execute(
@@ -69,6 +66,25 @@ def _sync_many(
             ),
             gone,
         )
+
+
+_EXISTING_POSTGRESQL = text(
+    "SELECT node, instance, replica FROM replicas WHERE node IN (SELECT json_array_elements_text(CAST(:nodes AS json)))"
+)
+
+
+def _existing(conn: Connection, names: list[str]) -> Sequence[tuple[str, str, int]]:
+    """The (node, instance, replica) of every row of these nodes: on PostgreSQL with one JSON parameter rather
+    than an ``IN`` list of thousands of bound names."""
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(_EXISTING_POSTGRESQL, {"nodes": json.dumps(names)})
+    else:
+        rows = conn.execute(
+            select(replica_rows.c.node, replica_rows.c.instance, replica_rows.c.replica).where(
+                replica_rows.c.node.in_(names)
+            )
+        )
+    return [(str(n), str(i), int(r)) for n, i, r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +108,7 @@ def record_heartbeats(registry: Registry, writes: Sequence[BeatWrite]) -> None:
     ordered = sorted(writes, key=lambda w: w.beat.node)
     with registry.engine.begin() as conn:
         nodes.heartbeat(conn, [w.beat for w in ordered], now_ms=now)
-        for write in ordered:
-            for backend in write.new_backends:
-                nodes.set_backend_state(conn, write.beat.node, backend, "installed", now_ms=now)
+        nodes.set_backends_installed(conn, [(w.beat.node, b) for w in ordered for b in w.new_backends], now_ms=now)
         _sync_many(conn, {w.beat.node: w.replica_rows for w in ordered if w.replica_rows is not None}, now_ms=now)
         readings = [r for w in ordered if w.replica_rows is None for r in w.readings]
         if readings:

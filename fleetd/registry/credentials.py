@@ -35,6 +35,12 @@ def set_credential(conn: Connection, node: str, credential_hash: str | None) -> 
         raise UnknownNode(node)
 
 
+def credential_hashes(conn: Connection) -> dict[str, str]:
+    """Every node's credential hash by name, in one query (a controller warming its heartbeat keys)."""
+    rows = conn.execute(select(nodes.c.name, nodes.c.credential_hash).where(nodes.c.credential_hash.is_not(None)))
+    return {str(name): str(hashed) for name, hashed in rows}
+
+
 def credential_hash(conn: Connection, node: str) -> str | None:
     """The hash of ``node``'s credential; ``None`` when it has none or is not registered (nothing verifies)."""
     found: str | None = conn.execute(

@@ -130,6 +130,10 @@ class Registry:
         with read_only(self.engine) as conn:
             return credentials.joined(conn)
 
+    def node_credential_hashes(self) -> dict[str, str]:
+        with read_only(self.engine) as conn:
+            return credentials.credential_hashes(conn)
+
     # reservations
     def reserve(self, node: str, size: int, op_id: str, *, ttl_ms: int) -> reservations.Reservation | None:
         with self._single_statements.begin() as conn:

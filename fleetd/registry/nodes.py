@@ -8,10 +8,11 @@ make it ``unhealthy`` and later ``offline``; one heartbeat brings it back. A hea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, text, update
 
 from fleetd.core.names import AUTO_LABEL_KEYS
 from fleetd.core.observed import NodeStatus
@@ -132,39 +133,45 @@ def approve(conn: Connection, name: str, *, now_ms: int) -> None:
     )
 
 
+_RECOVER = (
+    "CASE WHEN nodes.approved AND nodes.status IN ('unhealthy', 'offline') AND nodes.last_error IS NULL "
+    "THEN 'healthy' ELSE nodes.status END"
+)
+_BEATS_POSTGRESQL = "json_to_recordset(CAST(:beats AS json)) AS b(name text, vram bigint, ram bigint)"
+_HEARTBEAT_POSTGRESQL = text(
+    "UPDATE nodes SET available_vram = b.vram, available_ram = b.ram, last_heartbeat_ms = :now, "
+    f"updated_ms = :now, status = {_RECOVER} FROM {_BEATS_POSTGRESQL} WHERE nodes.name = b.name"
+)
+_LOCK_POSTGRESQL = text(
+    f"SELECT name FROM nodes WHERE name IN (SELECT b.name FROM {_BEATS_POSTGRESQL}) ORDER BY name FOR UPDATE"
+)
+_HEARTBEAT_SQLITE = (
+    "UPDATE nodes SET available_vram = ?, available_ram = ?, last_heartbeat_ms = ?, updated_ms = ?, "
+    f"status = {_RECOVER} WHERE name = ?"
+)
+
+
 def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> None:
-    """Record readings of many nodes in one batched statement; unhealthy/offline approved nodes recover, unless
+    """Record readings of many nodes in one statement; unhealthy/offline approved nodes recover (healthy), unless
     the controller could not reach their agent (``last_error``: their heartbeats arrive, their gRPC path fails;
     ``clear_error`` ends that).
 
-    Rows are updated in node-name order whatever order the batch came in, so two controllers writing
-    overlapping batches at once lock the rows in the same order and cannot deadlock (on PostgreSQL).
+    Written without an ORM row per node (a controller writes thousands a second): on PostgreSQL one ``UPDATE …
+    FROM json_to_recordset(…)`` of one JSON parameter (psycopg dumps a text array element by element, in Python,
+    at ~10 µs each), on SQLite one ``executemany`` of plain tuples. The rows are locked in
+    node-name order whatever order the batch came in, so two controllers writing overlapping batches at once,
+    and the missed-heartbeat sweep, lock them in the same order and cannot deadlock (on PostgreSQL).
     """
     if not beats:
         return
     beats = sorted(beats, key=lambda b: b.node)
-    conn.execute(
-        update(nodes)
-        .where(nodes.c.name == bindparam("b_node"))
-        .values(
-            available_vram=bindparam("b_vram"),
-            available_ram=bindparam("b_ram"),
-            last_heartbeat_ms=now_ms,
-            updated_ms=now_ms,
-        ),
-        [{"b_node": b.node, "b_vram": b.available_vram, "b_ram": b.available_ram} for b in beats],
-    )
-    conn.execute(
-        update(nodes)
-        .where(
-            and_(
-                nodes.c.name.in_([b.node for b in beats]),
-                nodes.c.approved.is_(True),
-                nodes.c.status.in_([NodeStatus.UNHEALTHY.value, NodeStatus.OFFLINE.value]),
-                nodes.c.last_error.is_(None),
-            )
-        )
-        .values(status=NodeStatus.HEALTHY.value)
+    if conn.dialect.name == "postgresql":
+        rows = json.dumps([{"name": b.node, "vram": b.available_vram, "ram": b.available_ram} for b in beats])
+        conn.execute(_LOCK_POSTGRESQL, {"beats": rows})
+        conn.execute(_HEARTBEAT_POSTGRESQL, {"beats": rows, "now": now_ms})
+        return
+    conn.exec_driver_sql(
+        _HEARTBEAT_SQLITE, [(b.available_vram, b.available_ram, now_ms, now_ms, b.node) for b in beats]
     )
 
 
@@ -389,6 +396,35 @@ def set_backend_state(
     values = {"state": state, "version": version, "last_error": error, "updated_ms": now_ms}
     stmt = insert_for(conn, node_backends).values(node=node, backend=backend, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["node", "backend"], set_=values))
+
+
+_BACKENDS_POSTGRESQL = text(
+    "INSERT INTO node_backends (node, backend, state, version, last_error, updated_ms) "
+    "SELECT p.node, p.backend, 'installed', NULL, NULL, CAST(:now AS bigint) "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS p(node text, backend text) "
+    "ON CONFLICT (node, backend) DO UPDATE SET state = excluded.state, version = excluded.version, "
+    "last_error = excluded.last_error, updated_ms = excluded.updated_ms"
+)
+
+
+def set_backends_installed(conn: Connection, pairs: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+    """``set_backend_state(node, backend, "installed")`` for many (node, backend) pairs in one statement (a
+    controller seeing a fleet's heartbeats for the first time): one JSON parameter on PostgreSQL, one
+    executemany elsewhere."""
+    if not pairs:
+        return
+    if conn.dialect.name == "postgresql":
+        rows = json.dumps([{"node": node, "backend": backend} for node, backend in sorted(pairs)])
+        conn.execute(_BACKENDS_POSTGRESQL, {"rows": rows, "now": now_ms})
+        return
+    values = {"state": "installed", "version": None, "last_error": None, "updated_ms": now_ms}
+    stmt = insert_for(conn, node_backends).values(
+        node=bindparam("p_node"), backend=bindparam("p_backend"), **values
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=["node", "backend"], set_=values),
+        [{"p_node": node, "p_backend": backend} for node, backend in sorted(pairs)],
+    )
 
 
 def remove(conn: Connection, name: str) -> None:

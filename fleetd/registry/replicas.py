@@ -10,11 +10,12 @@ replica has been failed. ``forget`` removes the row of a replica on a lost node 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, insert, select, text, update
 
 from fleetd.core.observed import ReplicaState
 from fleetd.registry.dialects import insert_for
@@ -116,9 +117,43 @@ _UPSERTED = (
 )
 
 
+_RECORDSET = (
+    ("instance", "text"),
+    ("node", "text"),
+    ("replica", "integer"),
+    ("state", "text"),
+    ("address", "text"),
+    ("pid", "integer"),
+    ("process_start", "text"),
+    ("container_id", "text"),
+    ("config_hash", "text"),
+    ("vram_bytes", "bigint"),
+    ("restarts", "integer"),
+    ("last_error", "text"),
+    ("in_flight", "integer"),
+    ("last_used_ms", "bigint"),
+)
+_UPSERT_POSTGRESQL = text(
+    f"INSERT INTO replicas ({', '.join(c for c, _ in _RECORDSET)}, updated_ms, state_since_ms) "
+    "SELECT u.*, CAST(:now AS bigint), CAST(:now AS bigint) FROM json_to_recordset(CAST(:rows AS json)) AS u("
+    + ", ".join(f"{c} {t}" for c, t in _RECORDSET)
+    + ") ON CONFLICT (instance, node, replica) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPSERTED)
+    + ", state_since_ms = CASE WHEN replicas.state = excluded.state "
+    "THEN coalesce(replicas.state_since_ms, CAST(:now AS bigint)) ELSE CAST(:now AS bigint) END"
+)
+
+
 def upsert_many(conn: Connection, records: Sequence[ReplicaRecord], *, now_ms: int) -> None:
-    """``upsert`` of many rows in one executemany statement (heartbeat batches of thousands of nodes)."""
+    """``upsert`` of many rows at once (heartbeat batches of thousands of nodes): on PostgreSQL one ``INSERT …
+    SELECT FROM json_to_recordset(…) ON CONFLICT`` of one JSON parameter, elsewhere one executemany. A row
+    named twice is written once, as last given (one statement may not update a row twice)."""
     if not records:
+        return
+    records = list({(r.instance, r.node, r.replica): r for r in records}.values())
+    if conn.dialect.name == "postgresql":
+        rows = [{c: getattr(r, c) for c, _ in _RECORDSET} for r in records]
+        conn.execute(_UPSERT_POSTGRESQL, {"rows": json.dumps(rows), "now": now_ms})
         return
     stmt = insert_for(conn, replicas)
     excluded = stmt.excluded

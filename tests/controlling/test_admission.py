@@ -16,7 +16,8 @@ from fleetd.controlling.heartbeats import HeartbeatIngest, registry_keys
 from fleetd.core.observed import NodeStatus
 from fleetd.registry.facade import Registry
 from fleetd.registry.tables import join_tokens, nodes
-from fleetd.transport.bus_messages import HeartbeatMessage, encode_heartbeat, node_key
+from fleetd.transport.bus_messages import node_key
+from fleetd.transport.heartbeat_wire import HeartbeatMessage, encode_heartbeat
 from tests.conftest import ManualClock
 from tests.transport.fake_bus import FakeBroker
 

@@ -4,24 +4,26 @@ in batches, and a cycle asked for only when what the planner sees changed. On SQ
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 
 import pytest
 from sqlalchemy import Engine
 
 from fleetd.agent.heartbeats import HeartbeatSender
-from fleetd.controlling.heartbeats import HeartbeatIngest
+from fleetd.controlling.heartbeats import HeartbeatIngest, registry_all_keys, registry_keys
 from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.registry import replicas
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import NodeFacts
 from fleetd.transport.agent_api import NodeReport, ReplicaStatus
-from fleetd.transport.bus_messages import (
+from fleetd.transport.bus_messages import credential_hash, heartbeat_subject, node_key
+from fleetd.transport.heartbeat_wire import (
+    Beat,
     HeartbeatMessage,
     ReplicaSummary,
+    decode_heartbeat,
     encode_heartbeat,
-    heartbeat_subject,
-    node_key,
 )
 from tests.conftest import ManualClock
 
@@ -56,6 +58,23 @@ def beat(
     )
 
 
+def signed(node: str, body: bytes) -> bytes:
+    """A heartbeat envelope around ``body``, signed with the node's key however wrong the body is."""
+    signature = hmac.digest(KEYS[node], body, "sha256").hex().encode()
+    return b'{"v":2,"node":"' + node.encode() + b'","sig":"' + signature + b'","body":' + body + b"}"
+
+
+def test_a_beat_round_trips_and_is_signed_over_the_bytes_sent() -> None:
+    message = dataclasses.replace(beat("gpu-a", 3, in_flight=2), backends=("llama", "vllm"))
+    data = encode_heartbeat(message, KEYS["gpu-a"])
+    assert decode_heartbeat(data, KEYS["gpu-a"]) == message
+    document = json.loads(data)
+    assert (document["v"], document["node"]) == (2, "gpu-a")
+    body = data[data.index(b'"body":') + len(b'"body":') : -1]
+    assert document["sig"] == hmac.digest(KEYS["gpu-a"], body, "sha256").hex()
+    assert b"credential" not in data
+
+
 def test_a_signed_beat_is_written_and_a_forged_one_is_dropped(registry: Registry) -> None:
     changes: list[int] = []
     ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1))
@@ -83,8 +102,33 @@ def test_a_signed_beat_is_written_and_a_forged_one_is_dropped(registry: Registry
         (b"not json", "malformed"),
         (b"[1, 2]", "malformed"),
         (json.dumps({"v": 9, "node": "gpu-a"}).encode(), "version"),
-        (json.dumps({"v": 1, "node": "gpu-z", "sig": "00"}).encode(), "unknown_node"),
-        (json.dumps({"v": 1, "node": "gpu-a"}).encode(), "unsigned"),
+        (json.dumps({"v": 1, "node": "gpu-a", "sig": "00", "seq": 1}).encode(), "version"),  # the old format
+        (b'{"v":1,"node":"gpu-a","sig":"' + b"0" * 64 + b'","body":{}}', "version"),
+        (encode_heartbeat(beat("gpu-z", 1), node_key("gpu-z")), "unknown_node"),
+        (json.dumps({"v": 2, "node": "gpu-a"}).encode(), "unsigned"),
+        (json.dumps({"v": 2, "node": "gpu-a", "sig": "00", "body": {}}).encode(), "malformed"),  # not the layout
+        (encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]).replace(b'{"v":2,', b'{"v": 2,'), "malformed"),
+        (encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]).replace(b'"seq":1,', b'"seq":2,'), "bad_signature"),
+        (
+            signed("gpu-a", b'{"seq":1,"boot":"b","sent_ms":0,"available_vram":1,"available_ram":1,"live":[]}'),
+            "malformed",
+        ),
+        (
+            signed(
+                "gpu-a",
+                b'{"seq":-1,"boot":"b","sent_ms":0,"available_vram":1,"available_ram":1,"live":[],'
+                b'"inventory":{"gpu_vendor":"x","total_vram":1,"total_ram":1,"backends":[],"replicas":[]}}',
+            ),
+            "malformed",
+        ),
+        (
+            signed(
+                "gpu-a",
+                b'{"seq":1,"boot":"b","sent_ms":0,"available_vram":1,"available_ram":1,"live":[[0,null]],'
+                b'"inventory":{"gpu_vendor":"x","total_vram":1,"total_ram":1,"backends":[],"replicas":[]}}',
+            ),
+            "malformed",
+        ),
         (b" " * (1 << 21), "too_large"),
     ],
 )
@@ -244,3 +288,73 @@ def test_rows_another_writer_removed_are_written_again_when_the_beat_may_not_be_
     now[0] += 1
     ingest.flush()
     assert [r.node for r in registry.snapshot().replicas] == ["gpu-a"]
+
+
+def test_an_unchanged_inventory_is_not_decoded_again_and_a_quiet_change_is_written_without_a_cycle(
+    registry: Registry,
+) -> None:
+    changes: list[int] = []
+    flushed: list[Beat] = []
+    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1), on_flushed=flushed.extend)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.flush()
+    ingest.offer(encode_heartbeat(beat("gpu-a", 2, free=3 * GIB), KEYS["gpu-a"]))
+    ingest.flush()
+    first, second = flushed
+    assert second.inventory is first.inventory and second.live is first.live  # decoded once, compared by bytes
+    assert {n.name: n.available_vram for n in registry.snapshot().nodes}["gpu-a"] == 3 * GIB
+    assert changes == [1]
+
+    message = beat("gpu-a", 3)
+    grown = dataclasses.replace(message.replicas[0], vram_bytes=6 * GIB, last_error="slow start")
+    ingest.offer(encode_heartbeat(dataclasses.replace(message, replicas=(grown,)), KEYS["gpu-a"]))
+    ingest.flush()
+    assert flushed[-1].inventory is not second.inventory
+    (replica,) = registry.snapshot().replicas
+    assert (replica.vram_bytes, replica.last_error) == (6 * GIB, "slow start")
+    assert changes == [1]  # neither is what the planner decides on: no cycle
+
+
+def test_the_keys_of_every_node_are_read_at_once_at_start(registry: Registry) -> None:
+    asked: list[str] = []
+
+    def one_key(node: str) -> bytes | None:
+        asked.append(node)
+        return KEYS.get(node)
+
+    ingest = HeartbeatIngest(registry, one_key, all_keys=lambda: {"gpu-a": KEYS["gpu-a"]})
+    ingest.start()
+    try:
+        assert ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"])) is None
+        assert ingest.offer(encode_heartbeat(beat("gpu-b", 1), KEYS["gpu-b"])) is None  # registered since
+    finally:
+        ingest.stop()
+    assert asked == ["gpu-b"]
+    assert {n.name: n.available_vram for n in registry.snapshot().nodes}["gpu-a"] == 20 * GIB
+
+
+def test_the_registry_gives_every_node_key_at_once(registry: Registry) -> None:
+    registry.set_node_credential("gpu-a", credential_hash("credential-of-gpu-a"))
+    assert registry_all_keys(registry)() == {"gpu-a": KEYS["gpu-a"]}
+    assert registry_keys(registry)("gpu-a") == KEYS["gpu-a"] and registry_keys(registry)("gpu-b") is None
+
+
+def test_a_replica_keeps_its_state_since_until_its_state_changes(registry: Registry, clock: ManualClock) -> None:
+    ingest = HeartbeatIngest(registry, KEYS.get)
+
+    def since() -> str | None:
+        (replica,) = registry.snapshot().replicas
+        return replica.state_since
+
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest.flush()
+    started = since()
+    clock.advance(5_000)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 2, backends=("llama", "vllm")), KEYS["gpu-a"]))  # rows rewritten
+    ingest.flush()
+    assert since() == started and started is not None
+    assert {n.name: n.backends for n in registry.snapshot().nodes}["gpu-a"] == ("llama", "vllm")
+    clock.advance(5_000)
+    ingest.offer(encode_heartbeat(beat("gpu-a", 3, state=ReplicaState.FAILED), KEYS["gpu-a"]))
+    ingest.flush()
+    assert since() != started
