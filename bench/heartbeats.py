@@ -3,7 +3,7 @@ controller over a real NATS server on this machine, with the registry in a real 
 
 The simulated nodes run in a separate process (asyncio nats-py, each beat signed as an agent signs it, five
 replicas per node; only the readings are re-encoded per beat, see ``beat_encoder``); the controller is this
-process: ``NatsBus`` + ``HeartbeatIngest`` as ``fleetd serve`` runs them, with its 1 s liveness sweep. Measures,
+process: ``NatsBus`` + ``HeartbeatIngest`` as ``fleetd serve`` runs them, with its 0.5 s liveness sweep. Measures,
 side by side with the issue's targets:
 - ingest rate (beats written per second) against the rate the simulator achieved (nominally N / 2 s: on a
   small machine the simulator may fall short, and says so);

@@ -41,7 +41,8 @@ AllKeys = Callable[[], dict[str, bytes]]
 """Every node's heartbeat key at once: warms the cache at ``start``, so a controller starting under a beating
 fleet of thousands does not look keys up one query per node on the bus thread."""
 FLUSH_INTERVAL_S = 0.25
-SWEEP_INTERVAL_S = 1.0
+SWEEP_INTERVAL_S = 0.5
+"""How often silent nodes are aged: a node is lost at most this long after --lost-after (p99 <= 21 s at 20 s)."""
 UNHEALTHY_AFTER_MS = 6_000
 LOST_AFTER_MS = 20_000
 NEVER_MS = 10**15
