@@ -60,8 +60,6 @@ class _Seen:
 
     beat: Beat
     structure: Structure
-    at_s: float = 0.0
-    """When this controller wrote it (``clock_s``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +103,8 @@ class HeartbeatIngest:
         self._lock = threading.Lock()
         self._pending: dict[str, Beat] = {}
         self._writing: dict[str, Beat] = {}
+        self._gaps: set[str] = set()
+        """Nodes whose buffered beat does not directly follow the last one this controller got (see ``_gap``)."""
         self._seen: dict[str, _Seen] = {}
         self._key_cache: dict[str, bytes] = {}
         self._unknown_until: dict[str, float] = {}
@@ -135,6 +135,8 @@ class HeartbeatIngest:
             last = self._pending.get(node) or self._writing.get(node) or (seen.beat if seen is not None else None)
             stale = last is not None and last.boot == beat.boot and beat.seq <= last.seq
             if not stale:
+                if self._gap(last, beat):
+                    self._gaps.add(node)
                 self._pending[node] = beat
                 self.counters.accepted += 1
         if stale and last is not None:
@@ -168,11 +170,12 @@ class HeartbeatIngest:
         """Write every buffered beat in one transaction; the number written."""
         with self._lock:
             batch, self._pending = self._pending, {}
+            gaps, self._gaps = self._gaps, set()
             self._writing = batch  # still the newest of each node's beats, for the stale check, until seen
         if not batch:
             return 0
         try:
-            writes, changed, seen = self._writes(batch)
+            writes, changed, seen = self._writes(batch, gaps)
             record_heartbeats(self._registry, writes)
             with self._lock:  # only what was committed counts as seen: a failed batch is written whole next time
                 self._seen.update(seen)
@@ -220,42 +223,40 @@ class HeartbeatIngest:
             except Exception:  # a database hiccup must not end ingest; the next round retries
                 log.exception("writing a batch of heartbeats failed")
 
-    def _writes(self, batch: dict[str, Beat]) -> tuple[list[BeatWrite], bool, dict[str, _Seen]]:
+    def _writes(self, batch: dict[str, Beat], gaps: set[str]) -> tuple[list[BeatWrite], bool, dict[str, _Seen]]:
         """What to write for each beat, whether the planner's view changed, and what the registry will have seen.
         Only the flushing thread writes ``_seen``: reading it needs no lock."""
         writes: list[BeatWrite] = []
         seen: dict[str, _Seen] = {}
         changed = False
-        now_s = self._clock_s()
         for node, beat in batch.items():
             previous = self._seen.get(node)
-            before = previous if self._trusted(previous, beat, now_s) else None
+            before = None if node in gaps else previous
             reading = Heartbeat(node, beat.available_vram, beat.available_ram)
             if before is not None and before.beat.raw_inventory == beat.raw_inventory:  # the common case
-                seen[node] = _Seen(beat, before.structure, now_s)
+                seen[node] = _Seen(beat, before.structure)
                 live = () if before.beat.raw_live == beat.raw_live else tuple(_records(node, beat))
                 writes.append(BeatWrite(reading, readings=live))
                 continue
-            now = seen[node] = _Seen(beat, _structure(beat), now_s)
+            now = seen[node] = _Seen(beat, _structure(beat))
             known = before.beat.inventory.backends if before is not None else ()
             new_backends = tuple(sorted(set(beat.inventory.backends) - set(known)))
-            changed = changed or _changed(previous, now, now_s, self._unhealthy_after_ms)
+            changed = changed or _changed(previous, now, self._unhealthy_after_ms)
             writes.append(BeatWrite(reading, new_backends, tuple(_records(node, beat))))
         return writes, changed, seen
 
-    def _trusted(self, before: _Seen | None, beat: Beat, now_s: float) -> bool:
-        """Whether this controller may assume the registry still holds its own last write for the node. Not
-        when it did not get the node's previous beat (another controller of the queue group did: ``seq`` skips)
-        or the node was silent long enough to be marked unhealthy (then lost: its replicas' rows forgotten); the
-        beat is then written in full."""
+    def _gap(self, last: Beat | None, beat: Beat) -> bool:
+        """Whether this controller may NOT assume the registry holds its own last write for the node: the beat
+        does not follow the last one it got (another controller of the queue group got those between: ``seq``
+        skips; or a new agent process), or ends a silence long enough to be marked unhealthy (then lost: its
+        replicas' rows forgotten). Such a beat is written in full. Beats this controller coalesced itself (the
+        buffer keeps the newest per node) are no gap."""
         return (
-            before is not None
-            and before.beat.boot == beat.boot
-            and beat.seq == before.beat.seq + 1
-            and (now_s - before.at_s) * 1000 < self._unhealthy_after_ms
+            last is None
+            or last.boot != beat.boot
+            or beat.seq != last.seq + 1
+            or beat.sent_ms - last.sent_ms >= self._unhealthy_after_ms
         )
-
-    # helpers --------------------------------------------------------------------------------------------------
 
     def _newest(self, node: str) -> Beat | None:
         """The node's newest accepted beat (buffered, being written or written), whose inventory the next beat
@@ -289,10 +290,10 @@ class HeartbeatIngest:
         return exc.reason
 
 
-def _changed(previous: _Seen | None, now: _Seen, now_s: float, silent_ms: int) -> bool:
+def _changed(previous: _Seen | None, now: _Seen, silent_ms: int) -> bool:
     """A beat changed what the planner sees: a new node, a node back from silence, a replica's structure, a new
     backend."""
-    if previous is None or (now_s - previous.at_s) * 1000 >= silent_ms:
+    if previous is None or now.beat.sent_ms - previous.beat.sent_ms >= silent_ms:
         return True
     return previous.structure != now.structure or bool(
         set(now.beat.inventory.backends) - set(previous.beat.inventory.backends)

@@ -264,28 +264,29 @@ def test_rows_another_writer_removed_are_written_again_when_the_beat_may_not_be_
 ) -> None:
     """The ingest writes a replica's row only when it changed since this controller's last write; a forget (the
     node was lost) or another controller's writes make that stale: a node back from silence, or a beat whose
-    predecessor this controller did not get, is written in full."""
-    now = [100.0]
+    predecessor this controller did not get, is written in full. Beats it coalesced itself are no gap."""
     changes: list[int] = []
-    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1), clock_s=lambda: now[0])
-    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    ingest = HeartbeatIngest(registry, KEYS.get, on_change=lambda: changes.append(1))
+
+    def offer(seq: int, sent_s: float) -> None:
+        message = dataclasses.replace(beat("gpu-a", seq), sent_ms=1_795_420_800_000 + int(sent_s * 1000))
+        assert ingest.offer(encode_heartbeat(message, KEYS["gpu-a"])) is None
+
+    offer(1, 0)
     ingest.flush()
     forget(registry)  # what the forget of a lost node's replica does
-
-    ingest.offer(encode_heartbeat(beat("gpu-a", 2), KEYS["gpu-a"]))  # the next beat, 1 s later: trusted
-    now[0] += 1
+    offer(2, 2)
+    offer(3, 4)  # two beats in one batch: coalesced, still trusted
     ingest.flush()
     assert registry.snapshot().replicas == ()
 
-    now[0] += 10  # silent past --unhealthy-after: it comes back
-    ingest.offer(encode_heartbeat(beat("gpu-a", 3), KEYS["gpu-a"]))
+    offer(4, 14)  # silent past --unhealthy-after: it comes back
     ingest.flush()
     assert [r.node for r in registry.snapshot().replicas] == ["gpu-a"]
     assert changes == [1, 1]  # back from silence is a change the planner must see
 
     forget(registry)
-    ingest.offer(encode_heartbeat(beat("gpu-a", 5), KEYS["gpu-a"]))  # seq 4 went to another controller
-    now[0] += 1
+    offer(6, 16)  # seq 5 went to another controller
     ingest.flush()
     assert [r.node for r in registry.snapshot().replicas] == ["gpu-a"]
 
