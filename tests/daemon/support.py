@@ -119,3 +119,34 @@ class Served:
                 self.process.wait()
         with contextlib.suppress(OSError):
             self.process.kill()
+
+
+def fleetd_cli(state: Path, *args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``fleetd ARGS`` as an operator on the controller's host runs it (its state dir, its registry)."""
+    env = {**os.environ, "FLEETD_STATE_DIR": str(state)}
+    if database_url is not None:
+        env["FLEETD_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "fleetd", *args], env=env, capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def node_table(state: Path, *, database_url: str | None = None) -> dict[str, dict[str, Any]]:
+    """``fleetd node list`` by node name."""
+    shown = fleetd_cli(state, "node", "list", "--format", "json", database_url=database_url)
+    assert shown.returncode == 0, shown.stderr
+    return {n["name"]: n for n in json.loads(shown.stdout)["nodes"]}
+
+
+def one_instance_fleet(directory: Path, mark: str, *, replicas: int, extra: str = "") -> Path:
+    """A manifest with no nodes (they join over the bus) and one instance ``chat`` of the fake backend, its
+    model path carrying ``mark`` (to find its processes); ``extra`` adds fields to the instance."""
+    manifest = directory / "fleet.yaml"
+    manifest.write_text(
+        "version: 1\n"
+        f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {fake_llama_executable(directory)}}}}}\n"
+        "instances:\n"
+        f"  chat: {{backend: fake, model: /models/{mark}.gguf, vram: 1GiB, scheduling: {{min_replicas: {replicas}}},"
+        f"{extra} health: {{interval: 100ms, timeout: 1s, startup_timeout: 30s, failure_threshold: 3}}}}\n"
+    )
+    return manifest

@@ -8,10 +8,6 @@ epoch.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +22,7 @@ from fleetd.transport.security import INSECURE
 from tests.agent.remote import AgentProcess, agent_process
 from tests.agent.support import processes_with, wait_for
 from tests.conftest import Database, _database
-from tests.daemon.support import Served, fake_llama_executable
+from tests.daemon.support import Served, fleetd_cli, node_table, one_instance_fleet
 
 MARK = "failover-e2e"
 TTL_S = 3.0
@@ -37,19 +33,6 @@ PORTS = {"gpu-a": (25100, 25199), "gpu-b": (25200, 25299)}
 def postgres(tmp_path: Path, postgres_admin_url: str, request: pytest.FixtureRequest) -> Iterator[Database]:
     template = request.getfixturevalue("_postgres_template")
     yield from _database("postgresql", tmp_path, postgres_admin_url, template=template)
-
-
-def fleetd(state: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLEETD_STATE_DIR": str(state), "FLEETD_DATABASE_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "fleetd", *args], env=env, capture_output=True, text=True, check=False, timeout=60
-    )
-
-
-def node_table(state: Path, url: str) -> dict[str, dict[str, Any]]:
-    shown = fleetd(state, url, "node", "list", "--format", "json")
-    assert shown.returncode == 0, shown.stderr
-    return {n["name"]: n for n in json.loads(shown.stdout)["nodes"]}
 
 
 def leader_of(pair: list[Served]) -> tuple[Served, Served] | None:
@@ -63,17 +46,11 @@ def test_the_follower_converges_after_the_leader_dies_mid_apply(
     tmp_path: Path, postgres: Database, own_nats: BundledNats
 ) -> None:
     state = tmp_path / "state"
-    created = fleetd(state, postgres.url, "node", "token", "create", "--uses", "2")
+    created = fleetd_cli(state, "node", "token", "create", "--uses", "2", database_url=postgres.url)
     assert created.returncode == 0, created.stderr
     (tmp_path / "token").write_text(created.stdout)
-    manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(
-        "version: 1\n"
-        f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {fake_llama_executable(tmp_path)}}}}}\n"
-        "instances:\n"
-        f"  chat: {{backend: fake, model: /models/{MARK}.gguf, vram: 1GiB, scheduling: {{min_replicas: 2}},"
-        " environment: {FAKE_BACKEND_START_DELAY_MS: '3000'},"
-        " health: {interval: 100ms, timeout: 1s, startup_timeout: 30s, failure_threshold: 3}}\n"
+    manifest = one_instance_fleet(
+        tmp_path, MARK, replicas=2, extra=" environment: {FAKE_BACKEND_START_DELAY_MS: '3000'},"
     )
     agents = [
         agent_process(
@@ -93,11 +70,13 @@ def test_the_follower_converges_after_the_leader_dies_mid_apply(
         pair.append(Served(manifest, state, tmp_path / "second.log", *extra))
         for agent in agents:
             agent.start()
-        wait_for(lambda: len(node_table(state, postgres.url)) == 2, timeout_s=60, what="two nodes to join")
+        wait_for(
+            lambda: len(node_table(state, database_url=postgres.url)) == 2, timeout_s=60, what="two nodes to join"
+        )
         leader, follower = wait_for(lambda: leader_of(pair), timeout_s=30, what="exactly one leader")
         deposed = wait_for(leader.status, timeout_s=10, what="the leader's status")
         for agent in agents:  # approval starts the apply: two loads, each slow to become healthy
-            assert fleetd(state, postgres.url, "node", "approve", agent.node).returncode == 0
+            assert fleetd_cli(state, "node", "approve", agent.node, database_url=postgres.url).returncode == 0
         wait_for(lambda: len(processes_with(MARK)) >= 1, timeout_s=60, what="the leader's first load")
         leader.process.kill()  # mid-apply: its loads are still starting
         leader.process.wait(timeout=10)

@@ -13,36 +13,18 @@ test waits seconds, not the defaults' 20 s; ``bench/heartbeats.py`` measures the
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from tests.agent.remote import AgentProcess, agent_process
 from tests.agent.support import processes_with, wait_for
-from tests.daemon.support import Served, fake_llama_executable, free_port
+from tests.daemon.support import Served, fleetd_cli, free_port, node_table, one_instance_fleet
 
 MARK = "lost-node-e2e"
 PORTS = {"gpu-a": (24700, 24799), "gpu-b": (24800, 24899), "gpu-c": (24900, 24999)}
-
-
-def fleetd(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLEETD_STATE_DIR": str(state)}
-    return subprocess.run(
-        [sys.executable, "-m", "fleetd", *args], env=env, capture_output=True, text=True, check=False, timeout=60
-    )
-
-
-def node_table(state: Path) -> dict[str, dict[str, Any]]:
-    shown = fleetd(state, "node", "list", "--format", "json")
-    assert shown.returncode == 0, shown.stderr
-    return {n["name"]: n for n in json.loads(shown.stdout)["nodes"]}
 
 
 def replicas_by_node() -> dict[str, list[int]]:
@@ -74,7 +56,7 @@ def settled(served: Served) -> None:
 
 def test_bus_guard_node_loss_and_rejoin(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    created = fleetd(state, "node", "token", "create", "--uses", "3")
+    created = fleetd_cli(state, "node", "token", "create", "--uses", "3")
     assert created.returncode == 0, created.stderr
     (tmp_path / "token").write_text(created.stdout)
     nats_port = free_port()
@@ -89,14 +71,7 @@ def test_bus_guard_node_loss_and_rejoin(tmp_path: Path) -> None:
         )
         for name, ports in PORTS.items()
     }
-    manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(
-        "version: 1\n"
-        f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {fake_llama_executable(tmp_path)}}}}}\n"
-        "instances:\n"
-        f"  chat: {{backend: fake, model: /models/{MARK}.gguf, vram: 1GiB, scheduling: {{min_replicas: 2}},"
-        " health: {interval: 100ms, timeout: 1s, startup_timeout: 20s, failure_threshold: 3}}\n"
-    )
+    manifest = one_instance_fleet(tmp_path, MARK, replicas=2)
     served: Served | None = None
     try:
         served = Served(
@@ -117,7 +92,7 @@ def test_bus_guard_node_loss_and_rejoin(tmp_path: Path) -> None:
         assert {n["status"] for n in node_table(state).values()} == {"pending"}
         assert processes_with(MARK) == []  # nothing is placed on a node that is not approved
         for name in agents:
-            assert fleetd(state, "node", "approve", name).returncode == 0
+            assert fleetd_cli(state, "node", "approve", name).returncode == 0
         placed = wait_for(_two_on_two_nodes, timeout_s=60, what="chat's two replicas")
         _bus_guard_holds(served, state, list(agents.values()), placed)
         _lost_node_is_replaced_and_rejoins(served, state, agents, placed)
@@ -177,7 +152,9 @@ def _lost_node_is_replaced_and_rejoins(
         what=f"chat re-placed on {spare}",
     )
     assert victim not in moved
-    assert served.metric("fleetd_replacements_total") == 1.0
+    wait_for(
+        lambda: served.metric("fleetd_replacements_total") == 1.0, timeout_s=30, what="the re-placement counted"
+    )
     agents[victim].start()  # on its old address; it rejoins with the credential it kept
     wait_for(lambda: node_table(state)[victim]["status"] == "healthy", timeout_s=30, what=f"{victim} to rejoin")
     assert "refused" not in agents[victim].log()

@@ -5,8 +5,6 @@ registry; a restarted agent rejoins with its stored credential."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -17,27 +15,14 @@ import psutil
 
 from tests.agent.remote import agent_process
 from tests.agent.support import processes_with, wait_for
-from tests.daemon.support import Served, fake_llama_executable, free_port
+from tests.daemon.support import Served, fake_llama_executable, fleetd_cli, free_port, node_table
 
 TOKEN_MARK = "served-over-nats"
 
 
-def fleetd(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLEETD_STATE_DIR": str(state)}
-    return subprocess.run(
-        [sys.executable, "-m", "fleetd", *args], env=env, capture_output=True, text=True, check=False, timeout=60
-    )
-
-
-def nodes(state: Path) -> dict[str, dict[str, Any]]:
-    shown = fleetd(state, "node", "list", "--format", "json")
-    assert shown.returncode == 0, shown.stderr
-    return {n["name"]: n for n in json.loads(shown.stdout)["nodes"]}
-
-
 def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    created = fleetd(state, "node", "token", "create", "--uses", "1")
+    created = fleetd_cli(state, "node", "token", "create", "--uses", "1")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert token.startswith("fjt_") and created.stdout == token + "\n"
@@ -72,7 +57,7 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
         wait_for(lambda: "joined the fleet: pending" in gpu_a.log(), timeout_s=60, what="gpu-a to join")
 
         def beating() -> dict[str, Any] | None:
-            node = nodes(state).get("gpu-a")
+            node = node_table(state).get("gpu-a")
             return node if node is not None and node["heartbeat_age_ms"] is not None else None
 
         seen = wait_for(beating, timeout_s=30, what="gpu-a's heartbeats")
@@ -104,11 +89,11 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
         )
         assert refused.returncode == 1
         assert "refused to admit it: the join token is not one this fleet issued" in refused.stderr
-        assert "gpu-b" not in nodes(state)
+        assert "gpu-b" not in node_table(state)
         assert served.metric("fleetd_registrations_refused") == 1.0
         assert (served.metric("fleetd_heartbeats_accepted") or 0) >= 1
 
-        approved = fleetd(state, "node", "approve", "gpu-a")
+        approved = fleetd_cli(state, "node", "approve", "gpu-a")
         assert approved.returncode == 0, approved.stderr
         wait_for(lambda: len(processes_with(TOKEN_MARK)) == 1, timeout_s=60, what="chat to start on gpu-a")
         (chat,) = processes_with(TOKEN_MARK)
@@ -119,13 +104,13 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
         killed_at_ms = time.time_ns() // 1_000_000
 
         def beating_again() -> bool:
-            node = nodes(state)["gpu-a"]
+            node = node_table(state)["gpu-a"]
             age = node["heartbeat_age_ms"]
             return age is not None and time.time_ns() // 1_000_000 - age > killed_at_ms
 
         wait_for(beating_again, timeout_s=60, what="heartbeats after the NATS restart")
         assert [p.pid for p in processes_with(TOKEN_MARK)] == [chat.pid]
-        assert nodes(state)["gpu-a"]["status"] == "healthy"
+        assert node_table(state)["gpu-a"]["status"] == "healthy"
 
         assert gpu_a.stop() == 0
         gpu_a.start()  # the token is spent: it rejoins with its credential
