@@ -103,6 +103,8 @@ class HeartbeatIngest:
         self._lock = threading.Lock()
         self._pending: dict[str, Beat] = {}
         self._writing: dict[str, Beat] = {}
+        self._arrived: dict[str, int] = {}
+        """When each buffered beat arrived (the registry's clock, ms): liveness counts from it."""
         self._gaps: set[str] = set()
         """Nodes whose buffered beat does not directly follow the last one this controller got (see ``_gap``)."""
         self._seen: dict[str, _Seen] = {}
@@ -130,6 +132,7 @@ class HeartbeatIngest:
             beat = verify_heartbeat(signed, key, self._newest(node))
         except BadMessage as exc:
             return self._dropped(node, exc)
+        arrived_ms = self._registry.clock()
         with self._lock:
             seen = self._seen.get(node)
             last = self._pending.get(node) or self._writing.get(node) or (seen.beat if seen is not None else None)
@@ -138,6 +141,7 @@ class HeartbeatIngest:
                 if self._gap(last, beat):
                     self._gaps.add(node)
                 self._pending[node] = beat
+                self._arrived[node] = arrived_ms
                 self.counters.accepted += 1
         if stale and last is not None:
             return self._dropped(node, BadMessage("stale", f"seq {beat.seq} after {last.seq}"))
@@ -171,11 +175,12 @@ class HeartbeatIngest:
         with self._lock:
             batch, self._pending = self._pending, {}
             gaps, self._gaps = self._gaps, set()
+            arrived, self._arrived = self._arrived, {}
             self._writing = batch  # still the newest of each node's beats, for the stale check, until seen
         if not batch:
             return 0
         try:
-            writes, changed, seen = self._writes(batch, gaps)
+            writes, changed, seen = self._writes(batch, gaps, arrived)
             record_heartbeats(self._registry, writes)
             with self._lock:  # only what was committed counts as seen: a failed batch is written whole next time
                 self._seen.update(seen)
@@ -223,7 +228,9 @@ class HeartbeatIngest:
             except Exception:  # a database hiccup must not end ingest; the next round retries
                 log.exception("writing a batch of heartbeats failed")
 
-    def _writes(self, batch: dict[str, Beat], gaps: set[str]) -> tuple[list[BeatWrite], bool, dict[str, _Seen]]:
+    def _writes(
+        self, batch: dict[str, Beat], gaps: set[str], arrived: dict[str, int]
+    ) -> tuple[list[BeatWrite], bool, dict[str, _Seen]]:
         """What to write for each beat, whether the planner's view changed, and what the registry will have seen.
         Only the flushing thread writes ``_seen``: reading it needs no lock."""
         writes: list[BeatWrite] = []
@@ -232,7 +239,7 @@ class HeartbeatIngest:
         for node, beat in batch.items():
             previous = self._seen.get(node)
             before = None if node in gaps else previous
-            reading = Heartbeat(node, beat.available_vram, beat.available_ram)
+            reading = Heartbeat(node, beat.available_vram, beat.available_ram, arrived.get(node))
             if before is not None and before.beat.raw_inventory == beat.raw_inventory:  # the common case
                 seen[node] = _Seen(beat, before.structure)
                 live = () if before.beat.raw_live == beat.raw_live else tuple(_records(node, beat))

@@ -45,6 +45,9 @@ class Heartbeat:
     node: str
     available_vram: int
     available_ram: int
+    at_ms: int | None = None
+    """When the reading arrived (default: when it is written). Liveness counts from it, so a controller behind on
+    its writes does not make a silent node look fresher than it is; it never moves backwards."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +140,18 @@ _RECOVER = (
     "CASE WHEN nodes.approved AND nodes.status IN ('unhealthy', 'offline') AND nodes.last_error IS NULL "
     "THEN 'healthy' ELSE nodes.status END"
 )
-_BEATS_POSTGRESQL = "json_to_recordset(CAST(:beats AS json)) AS b(name text, vram bigint, ram bigint)"
+_BEATS_POSTGRESQL = "json_to_recordset(CAST(:beats AS json)) AS b(name text, vram bigint, ram bigint, at bigint)"
 _HEARTBEAT_POSTGRESQL = text(
-    "UPDATE nodes SET available_vram = b.vram, available_ram = b.ram, last_heartbeat_ms = :now, "
+    "UPDATE nodes SET available_vram = b.vram, available_ram = b.ram, "
+    "last_heartbeat_ms = GREATEST(COALESCE(nodes.last_heartbeat_ms, 0), b.at), "
     f"updated_ms = :now, status = {_RECOVER} FROM {_BEATS_POSTGRESQL} WHERE nodes.name = b.name"
 )
 _LOCK_POSTGRESQL = text(
     f"SELECT name FROM nodes WHERE name IN (SELECT b.name FROM {_BEATS_POSTGRESQL}) ORDER BY name FOR UPDATE"
 )
 _HEARTBEAT_SQLITE = (
-    "UPDATE nodes SET available_vram = ?, available_ram = ?, last_heartbeat_ms = ?, updated_ms = ?, "
+    "UPDATE nodes SET available_vram = ?, available_ram = ?, last_heartbeat_ms = MAX(COALESCE(last_heartbeat_ms, 0), ?), "
+    "updated_ms = ?, "
     f"status = {_RECOVER} WHERE name = ?"
 )
 
@@ -166,12 +171,17 @@ def heartbeat(conn: Connection, beats: Sequence[Heartbeat], *, now_ms: int) -> N
         return
     beats = sorted(beats, key=lambda b: b.node)
     if conn.dialect.name == "postgresql":
-        rows = json.dumps([{"name": b.node, "vram": b.available_vram, "ram": b.available_ram} for b in beats])
+        rows = json.dumps(
+            [
+                {"name": b.node, "vram": b.available_vram, "ram": b.available_ram, "at": b.at_ms or now_ms}
+                for b in beats
+            ]
+        )
         conn.execute(_LOCK_POSTGRESQL, {"beats": rows})
         conn.execute(_HEARTBEAT_POSTGRESQL, {"beats": rows, "now": now_ms})
         return
     conn.exec_driver_sql(
-        _HEARTBEAT_SQLITE, [(b.available_vram, b.available_ram, now_ms, now_ms, b.node) for b in beats]
+        _HEARTBEAT_SQLITE, [(b.available_vram, b.available_ram, b.at_ms or now_ms, now_ms, b.node) for b in beats]
     )
 
 

@@ -15,7 +15,7 @@ from fleetd.controlling.heartbeats import HeartbeatIngest, registry_all_keys, re
 from fleetd.core.observed import NodeStatus, ReplicaState
 from fleetd.registry import replicas
 from fleetd.registry.facade import Registry
-from fleetd.registry.nodes import NodeFacts
+from fleetd.registry.nodes import Heartbeat, NodeFacts
 from fleetd.transport.agent_api import NodeReport, ReplicaStatus
 from fleetd.transport.bus_messages import credential_hash, heartbeat_subject, node_key
 from fleetd.transport.heartbeat_wire import (
@@ -359,3 +359,20 @@ def test_a_replica_keeps_its_state_since_until_its_state_changes(registry: Regis
     ingest.offer(encode_heartbeat(beat("gpu-a", 3, state=ReplicaState.FAILED), KEYS["gpu-a"]))
     ingest.flush()
     assert since() != started
+
+
+def test_liveness_counts_from_when_a_beat_arrived_not_when_it_was_written(
+    registry: Registry, clock: ManualClock
+) -> None:
+    """A controller behind on its writes must not make a silent node look fresher than it is; and a late write
+    of an older beat never moves a node's last heartbeat backwards."""
+    ingest = HeartbeatIngest(registry, KEYS.get)
+    arrived = clock()
+    ingest.offer(encode_heartbeat(beat("gpu-a", 1), KEYS["gpu-a"]))
+    clock.advance(10_000)  # the batch is written ten seconds later
+    ingest.flush()
+    records = {r.name: r for r in registry.node_records()}
+    assert records["gpu-a"].last_heartbeat_ms == arrived
+
+    registry.heartbeat([Heartbeat("gpu-a", 1, 1, at_ms=arrived - 5_000)])
+    assert {r.name: r for r in registry.node_records()}["gpu-a"].last_heartbeat_ms == arrived
