@@ -21,9 +21,10 @@ from fleetd.controlling.sources import ManifestSource, ManifestTracker, PathSour
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ObservedState
 from fleetd.executing import ApplyReport, Fence
+from fleetd.executing.report import ActionOutcome
 from fleetd.manifest.revision import Revision
 from fleetd.planning.planner import PlanPolicy
-from fleetd.planning.plans import Plan, PlanRefused
+from fleetd.planning.plans import Action, Plan, PlanRefused
 from fleetd.transport.agent_api import ProgressSink
 
 MAX_ERROR_MESSAGES = 5
@@ -165,3 +166,40 @@ def summary_line(result: CycleResult) -> str:
     failed = [o for o in (result.report.outcomes if result.report else ()) if o.status != "ok"]
     tail = f"; {failed[0].action_id}: {failed[0].status}: {failed[0].message}" if failed else ""
     return f"applied {parts} -> {result.outcome} in {result.duration_s:.2f} s{tail}"
+
+
+MAX_ACTION_LINES = 20
+"""A cycle that did more says how many more, rather than flooding the log (``/status`` has every outcome)."""
+
+
+def action_lines(result: CycleResult) -> list[str]:
+    """One line per action a cycle applied, naming what it acted on and why, and how it ended:
+    ``unload chat/1 on gpu-a: scale_down -> ok in 0.12 s``."""
+    if result.plan is None or result.report is None:
+        return []
+    actions = {a.id: a for a in result.plan.actions}
+    lines = []
+    for outcome in result.report.outcomes[:MAX_ACTION_LINES]:
+        action = actions.get(outcome.action_id)
+        if action is None:
+            continue
+        lines.append(f"{_target(action)}: {action.reason.value} -> {_ended(outcome)}")
+    hidden = len(result.report.outcomes) - MAX_ACTION_LINES
+    if hidden > 0:
+        lines.append(f"... and {hidden} more (GET /status lists every outcome)")
+    return lines
+
+
+def _target(action: Action) -> str:
+    if action.instance is not None:
+        return f"{action.kind.value} {action.instance}/{action.replica} on {action.node}"
+    if action.backend is not None:
+        return f"{action.kind.value} {action.backend} on {action.node}"
+    return f"{action.kind.value} {action.node}"
+
+
+def _ended(outcome: ActionOutcome) -> str:
+    took = f" in {outcome.duration_ms / 1000:.2f} s"
+    if outcome.status == "ok":
+        return "ok" + took
+    return f"{outcome.status}{took}: {outcome.message}"

@@ -28,7 +28,7 @@ from fleetd.controlling.embedded import EmbeddedFleet
 from fleetd.controlling.heartbeats import LOST_AFTER_MS, UNHEALTHY_AFTER_MS
 from fleetd.controlling.leadership import Leadership
 from fleetd.controlling.opening import AgentAccess, OpenFleet, fleet_kind, open_fleet
-from fleetd.controlling.reconciling import CycleResult, Reconciler, summary_line
+from fleetd.controlling.reconciling import CycleResult, Reconciler, action_lines, summary_line
 from fleetd.controlling.sources import PathSource
 from fleetd.core.observed import ReplicaState
 from fleetd.core.timestamps import iso_from_ms
@@ -295,6 +295,8 @@ class Daemon:
         """A line for a cycle that did something, and one when the manifest or plan problem changes."""
         if result.acted:
             self._say(summary_line(result))
+            for line in action_lines(result):
+                self._say(f"  {line}")
         problem = None
         if result.manifest_errors:
             kept = "keeping the last good desired state" if result.desired_digest else "nothing to reconcile yet"
