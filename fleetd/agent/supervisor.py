@@ -290,7 +290,7 @@ class Supervisor:
             return
         exit_code = self._exit_code(replica)
         if exit_code is not None:
-            self._crashed(replica, f"exited with status {exit_code}")
+            self._crashed(replica, describe_exit(exit_code))
             return
         self._rotate_log(replica)
         if now < replica.next_probe_at:
@@ -532,6 +532,17 @@ class Supervisor:
             vram_bytes=launch.vram_bytes,
             log_tail=self.log_tail(replica) if replica.state is ReplicaState.FAILED else (),
         )
+
+
+def describe_exit(code: int) -> str:
+    """How a process ended, as an operator reads it: ``killed by SIGKILL`` (a negative status is a signal, as
+    ``subprocess`` reports it), ``exited with status 1``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def expand(template: str, source: Mapping[str, str]) -> str:

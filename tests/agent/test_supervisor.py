@@ -16,7 +16,7 @@ import pytest
 
 from fleetd.agent.local import LocalAgent
 from fleetd.agent.probing import ProbeOutcome, ProbeResult
-from fleetd.agent.supervisor import default_prober
+from fleetd.agent.supervisor import default_prober, describe_exit
 from fleetd.core.desired import BackendType, DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
@@ -79,7 +79,7 @@ def test_sigkill_brings_the_replica_back_after_the_restart_delay(agent: LocalAge
     )
     assert back.restarts == 1
     assert back.address == first.address  # the same port: clients keep their address
-    assert "exited with status -9" in (back.last_error or "")
+    assert "killed by SIGKILL" in (back.last_error or "")
 
 
 def test_replica_events_reach_the_listener(tmp_path: Path) -> None:
@@ -215,3 +215,10 @@ def test_an_agent_killed_and_started_again_adopts_its_replicas(tmp_path: Path) -
         if first_agent.poll() is None:
             first_agent.kill()
         kill_all(f"org/{tmp_path.name}")
+
+
+def test_an_exit_is_described_as_an_operator_reads_it() -> None:
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(-15) == "killed by SIGTERM"
+    assert describe_exit(1) == "exited with status 1"
+    assert describe_exit(-250) == "killed by signal 250"
