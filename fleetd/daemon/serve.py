@@ -336,6 +336,7 @@ class Daemon:
         self._stopping.set()
 
     def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._say("SIGHUP: reading the manifest again")
         self.worker.trigger()
 
     def _install_progress(self, event: InstallProgress) -> None:
