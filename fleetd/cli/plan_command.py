@@ -102,7 +102,7 @@ def plan_command(
         except OSError as exc:
             fail(f"cannot save the plan to {out}: {exc.strerror or exc}")
         sys.stderr.write(f"Saved the plan to {out}.\n")
-    raise typer.Exit(EXIT_OK if result.is_empty else EXIT_CHANGES)
+    raise typer.Exit(EXIT_OK if result.converged else EXIT_CHANGES)  # a failed or missing replica is not "done"
 
 
 def _read_snapshot(path: Path) -> ObservedState:

@@ -88,6 +88,7 @@ def _where(p: Pass, spec: InstanceSpec, replica: ObservedReplica) -> Reason | No
     if replica.state is ReplicaState.FAILED:
         if _failed_for_a_cooldown(p, spec, replica):
             return Reason.FAILED
+        p.draft.failed += 1
         p.draft.notes.append(
             f"replica {spec.name}/{replica.node}/{replica.replica} failed after {replica.restarts} restarts"
             + (f": {replica.last_error}" if replica.last_error else "")

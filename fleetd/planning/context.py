@@ -72,6 +72,8 @@ class Draft:
     """Replicas on lost nodes forgotten (and so re-placed) by this plan so far."""
     deferred: int = 0
     """Replicas on lost nodes left for the next cycle by ``PlanPolicy.max_replacements``."""
+    failed: int = 0
+    """Failed replicas left where they are until their ``restart_max_delay`` has passed (each has a note)."""
 
     def add_unschedulable(self, entry: Unschedulable) -> None:
         """Record replicas that cannot run, merged with what the instance already has (one entry each)."""

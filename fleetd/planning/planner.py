@@ -72,6 +72,7 @@ def plan(
         notes=tuple(draft.notes),
         scheduling=tuple(sorted(draft.kept_records, key=lambda r: r.instance)),
         deferred=draft.deferred,
+        failed=draft.failed,
     )
 
 

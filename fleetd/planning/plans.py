@@ -277,6 +277,13 @@ class Plan:
     """Hysteresis records to persist after this cycle (not part of the plan hash: they execute nothing)."""
     deferred: int = 0
     """Replicas on lost nodes left for the next cycle by the re-placement budget: the daemon cycles again."""
+    failed: int = 0
+    """Failed replicas waiting out their ``restart_max_delay`` before they are replaced (each has a note)."""
+
+    @property
+    def converged(self) -> bool:
+        """Nothing to do and nothing missing: no action, no unschedulable replica, no failed one."""
+        return self.is_empty and not self.unschedulable and not self.failed
 
     @property
     def hash(self) -> str:

@@ -140,10 +140,15 @@ def summary_line(plan: Plan) -> str:
     """``Plan: 2 to load, 1 to restart, 0 to unload.``, with replicas to forget, node and backend counts appended
     when not zero."""
     if plan.is_empty:
-        if not plan.unschedulable:
+        if plan.converged:
             return EMPTY
         missing = sum(u.missing for u in plan.unschedulable)
-        return f"No changes. {_count(missing, 'replica', 'replicas')} cannot be placed (see Unschedulable)."
+        problems = (
+            [f"{_count(missing, 'replica', 'replicas')} cannot be placed (see Unschedulable)"] if missing else []
+        )
+        if plan.failed:
+            problems.append(f"{_count(plan.failed, 'replica', 'replicas')} failed (see Notes)")
+        return "No changes, but the fleet does not match the manifest: " + "; ".join(problems) + "."
     counts = plan.summary()
     parts = [
         f"{counts[ActionKind.LOAD.value]} to load",

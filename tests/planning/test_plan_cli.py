@@ -171,6 +171,8 @@ def test_usage_error_is_not_mistaken_for_changes_pending(workdir: Path) -> None:
 def test_without_observed_it_plans_against_the_registry(workdir: Path) -> None:
     url = f"sqlite:///{workdir / 'registry.db'}"
     result = fleetd("plan", "--database-url", url, cwd=workdir)
-    assert result.returncode == 0, result.stderr  # an empty registry: no node can take anything
+    assert result.returncode == 2, result.stderr  # an empty registry: no node can take anything, not "done"
     assert "  tiny: 1 replica not placed — no nodes" in result.stdout.splitlines()
-    assert result.stdout.splitlines()[-1] == "No changes. 1 replica cannot be placed (see Unschedulable)."
+    assert result.stdout.splitlines()[-1] == (
+        "No changes, but the fleet does not match the manifest: 1 replica cannot be placed (see Unschedulable)."
+    )

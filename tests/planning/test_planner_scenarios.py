@@ -41,6 +41,7 @@ from fleetd.planning.plans import (
     Unschedulable,
     drain_action,
 )
+from fleetd.planning.rendering import summary_line
 from tests.planning.fake_executor import ExecutionError, apply_plan, execution_order
 
 NOW = 1_795_420_800_000  # 2026-11-23T08:00:00Z
@@ -486,6 +487,10 @@ def test_a_failed_replica_waits_one_restart_max_delay_with_a_note() -> None:
         )
         assert result.actions == ()
         assert result.notes == ("replica qwen/gpu-a/0 failed after 5 restarts: exit 1",)
+        assert (result.failed, result.converged) == (1, False)  # nothing to do yet, but not done
+        assert summary_line(result) == (
+            "No changes, but the fleet does not match the manifest: 1 replica failed (see Notes)."
+        )
 
 
 def test_a_failed_replica_is_replaced_on_another_node_after_restart_max_delay() -> None:
