@@ -115,7 +115,7 @@ def serve(
         raise typer.Exit(EXIT_ERROR)
     try:
         code = run_serve(options)
-    except OSError as exc:  # e.g. the HTTP address is in use
+    except OSError as exc:  # e.g. the HTTP address is in use (HttpAddressError names it)
         sys.stderr.write(f"error: fleetd serve: {exc.strerror or exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
     except (BusError, NatsServerError, SecurityError) as exc:

@@ -36,10 +36,22 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class HttpAddressError(OSError):
+    """The ``--http`` address cannot be served; the message names it and what to do."""
+
+
 class HttpApi:
     def __init__(self, address: tuple[str, int], endpoints: Endpoints) -> None:
+        """Raises ``HttpAddressError`` naming the address (in use, not this machine's, not allowed)."""
         handler = _handler(endpoints)
-        self._server = ThreadingHTTPServer(address, handler)
+        try:
+            self._server = ThreadingHTTPServer(address, handler)
+        except OSError as exc:
+            where = f"{address[0]}:{address[1]}"
+            raise HttpAddressError(
+                f"cannot serve HTTP on {where}: {exc.strerror or exc}; pass --http HOST:PORT with a free port, "
+                "or --http off"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fleetd-http", daemon=True)
 
