@@ -15,7 +15,15 @@ import typer
 
 from fleetd.cli.agent_command import agent_command
 from fleetd.cli.apply_command import apply_command
-from fleetd.cli.common import EXIT_ERROR, EXIT_OK, print_invalid, redact_url, registry_errors, validity_summary
+from fleetd.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    os_error_line,
+    print_invalid,
+    redact_url,
+    registry_errors,
+    validity_summary,
+)
 from fleetd.cli.node_command import node_app
 from fleetd.cli.options import DatabaseUrl, PathsArg
 from fleetd.cli.plan_command import plan_command
@@ -190,6 +198,9 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
     except BrokenPipeError:
         sys.exit(EXIT_OK)
+    except OSError as exc:  # what no command caught: a state dir or file that cannot be made, read or written
+        sys.stderr.write(f"error: {os_error_line(exc)}\n")
+        sys.exit(EXIT_ERROR)
     except Exception as exc:
         show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if not callable(show) or not isinstance(exit_code, int):

@@ -132,3 +132,12 @@ def agent_access(cert: Path | None, key: Path | None, ca: Path | None, insecure:
         fail("give either --tls-cert/--tls-key/--tls-ca or --insecure, not both")
     fleet_ca = authority_dir(default_state_dir()) if files is None and not insecure else None
     return AgentAccess(files, insecure, fleet_ca)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error no command caught: what failed, on which path, what to do."""
+    what = exc.strerror or str(exc)
+    if exc.filename is None:
+        return what
+    hint = "check that it exists, is a directory where one is expected, and is writable by this user"
+    return f"{what}: {exc.filename} ({hint}; the state directory is $FLEETD_STATE_DIR, or the agent's --state-dir)"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from fleetd.cli.common import agent_access
+from fleetd.cli.common import agent_access, os_error_line
 from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
 EXIT_ERROR = 1
@@ -116,7 +116,7 @@ def serve(
     try:
         code = run_serve(options)
     except OSError as exc:  # e.g. the HTTP address is in use (HttpAddressError names it)
-        sys.stderr.write(f"error: fleetd serve: {exc.strerror or exc}\n")
+        sys.stderr.write(f"error: fleetd serve: {os_error_line(exc)}\n")
         raise typer.Exit(EXIT_ERROR) from None
     except (BusError, NatsServerError, SecurityError) as exc:
         sys.stderr.write(f"error: fleetd serve: {exc}\n")
