@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psutil
 
+from fleetd.agent.log_lines import first_error_line
 from fleetd.agent.ports import PortAllocator
 from fleetd.agent.probing import ProbeOutcome, ProbeResult, probe
 from fleetd.core.desired import ENV_REFERENCE, BackendType, HealthPolicy, RestartPolicy
@@ -355,9 +356,12 @@ class Supervisor:
             if not policy.auto_restart or limit_reached:
                 tail = self.log_tail(replica)
                 replica.state = ReplicaState.FAILED
+                said = first_error_line(tail)
                 replica.last_error = (
-                    f"{why}; gave up after {replica.streak} restarts" if policy.auto_restart else why
-                ) + ("\n" + "\n".join(tail) if tail else "")
+                    (f"{why}; gave up after {replica.streak} restarts" if policy.auto_restart else why)
+                    + (f": {said}" if said else "")
+                    + ("\n" + "\n".join(tail) if tail else "")
+                )
                 self._changed.notify_all()
                 return
             if replica.started_at and time.monotonic() - replica.started_at >= self._stable_after_s:

@@ -118,6 +118,8 @@ def test_a_crash_loop_ends_failed_with_the_last_log_lines(agent: LocalAgent, tmp
     failed = wait_for(failed_now, timeout_s=20, what="the crash loop to end")
     assert failed.restarts == 2
     assert "gave up after 2 restarts" in (failed.last_error or "")
+    first = (failed.last_error or "").splitlines()[0]
+    assert first.startswith("exited with status 1; gave up after 2 restarts: ") and len(first) > 50, first
     assert failed.log_tail, "a failed replica shows its last log lines"
     assert any("fleetd: starting" in line for line in failed.log_tail)
 
