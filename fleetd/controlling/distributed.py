@@ -218,11 +218,13 @@ class DistributedFleet:
             self.registry.mark_unreachable(answer.node, answer.error)
             return
         assert answer.report is not None
-        if self.errors.pop(answer.node, None) is not None:
-            log.info("node %s answers again", answer.node)
-        self.registry.clear_node_error(answer.node)  # its row may keep an error from before this controller
-        facts = node_facts(answer.report)
         known = self._facts.get(answer.node)
+        failed_before = self.errors.pop(answer.node, None) is not None
+        if failed_before:
+            log.info("node %s answers again", answer.node)
+        if failed_before or known is None:  # its row may also keep an error from before this controller
+            self.registry.clear_node_error(answer.node)
+        facts = node_facts(answer.report)
         if known is None or (known.gpu_vendor, known.total_vram, known.total_ram) != (
             facts.gpu_vendor,
             facts.total_vram,
