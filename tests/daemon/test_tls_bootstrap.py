@@ -90,7 +90,9 @@ def test_a_fleet_without_tls_flags_bootstraps_mutual_tls(tmp_path: Path) -> None
         assert stat.S_IMODE((state / "tls" / "ca.key").stat().st_mode) == 0o600
         gpu_a.start(listen=address)
         assert "joining the fleet for a certificate before serving" in gpu_a.log()
-        assert "(mutual TLS)" in gpu_a.log() and "insecure" not in gpu_a.log().lower()
+        # the address file is written as the server binds; its "serving" line follows
+        wait_for(lambda: "(mutual TLS)" in gpu_a.log(), timeout_s=30, what="gpu-a to serve over mutual TLS")
+        assert "insecure" not in gpu_a.log().lower()
         cert_pem = check_certificate(gpu_a, ca_pem)
         assert (
             b"PRIVATE"
