@@ -80,13 +80,13 @@ class ObservedReplica:
     restarts: int = 0
     last_error: str | None = None
     state_since: str | None = None
+    """ISO 8601 UTC timestamp of the last change of ``state``, or ``None`` when unknown (a registry from before
+    it was kept). A live reading like ``last_used``: not part of the fingerprint."""
     restart_requested: bool = False
     """A person asked for a restart (``fleetd replica restart``); an input, like in-flight, not in the fingerprint."""
     replaced: bool = False
     """Forgotten while its node was lost (and replaced elsewhere), then reported again by the returning node: the
     first to go when the instance has more replicas than it needs."""
-    """ISO 8601 UTC timestamp of the last change of ``state``, or ``None`` when unknown (a registry from before
-    it was kept). A live reading like ``last_used``: not part of the fingerprint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,9 @@ class SchedulingRecord:
     cooldown_until: str | None = None
     capacity: str = ""
     """Digest of the fleet's placement structure when the record was written; a change ends the cooldown."""
+    reasons: tuple[tuple[str, int], ...] = ()
+    """Why the last attempted placement failed (``Unschedulable.reasons``): kept through the cooldown, so a plan
+    made while nothing is attempted still says what stands in the way, not only ``cooldown``."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class ObservedState:
                 "unsatisfiable_ticks": s.unsatisfiable_ticks,
                 "cooldown_until": s.cooldown_until,
                 "capacity": s.capacity,
+                "reasons": [list(pair) for pair in s.reasons],
             }
             for s in sorted(self.scheduling, key=lambda s: s.instance)
         ]

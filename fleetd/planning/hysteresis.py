@@ -2,7 +2,8 @@
 
 Without it, a fleet short of capacity re-attempts the same doomed placements every tick (LocalAI #9583 reloaded
 a model every 30 s until VRAM fragmented). Each failed cycle adds a tick; at ``ticks`` the instance enters a
-cooldown during which no placement is attempted (the plan reports it as ``cooldown``). The cooldown ends when it
+cooldown during which no placement is attempted (the plan reports ``cooldown`` beside the reasons of the last
+attempt, which the record keeps). The cooldown ends when it
 expires or as soon as the fleet's placement structure changes: a node appears, is approved, is relabelled or
 gets other slots. Free VRAM is not part of that structure (it moves with every heartbeat); the expiry covers it.
 """
@@ -42,12 +43,19 @@ def next_record(
     now_ms: int,
     capacity: str,
     policy: HysteresisPolicy,
+    reasons: tuple[tuple[str, int], ...] = (),
 ) -> SchedulingRecord | None:
-    """The record to keep after this cycle; ``None`` once the instance is fully placed."""
+    """The record to keep after this cycle; ``None`` once the instance is fully placed. ``reasons``: why this
+    cycle's placement failed, kept in the record for the plans made during the cooldown."""
     if not failed:
         return None
     if cooling_down(record, now_ms=now_ms, capacity=capacity):
         return record
     ticks = 1 if record is None or record.capacity != capacity else record.unsatisfiable_ticks + 1
     until = iso_from_ms(now_ms + policy.cooldown_ms) if ticks >= policy.ticks else None
-    return SchedulingRecord(instance, ticks, until, capacity)
+    return SchedulingRecord(instance, ticks, until, capacity, reasons)
+
+
+def cooldown_reasons(record: SchedulingRecord) -> tuple[tuple[str, int], ...]:
+    """What a plan says of an instance in cooldown: the reasons its last attempt failed, and ``cooldown``."""
+    return tuple(sorted({**dict(record.reasons), "cooldown": 0}.items()))

@@ -98,6 +98,7 @@ def observed_document(observed: ObservedState) -> dict[str, Any]:
                 "unsatisfiable_ticks": s.unsatisfiable_ticks,
                 "cooldown_until": s.cooldown_until,
                 "capacity": s.capacity,
+                **({"reasons": [list(pair) for pair in s.reasons]} if s.reasons else {}),
             }
             for s in state.scheduling
         ],
@@ -209,9 +210,26 @@ def _record(data: Any, path: str) -> SchedulingRecord:
         unsatisfiable_ticks=obj.integer("unsatisfiable_ticks", 0, minimum=0),
         cooldown_until=_timestamp(obj, "cooldown_until"),
         capacity=obj.string("capacity", ""),
+        reasons=_reason_pairs(obj.array("reasons", []), obj.at("reasons")),
     )
     obj.finish()
     return record
+
+
+def _reason_pairs(items: list[Any], path: str) -> tuple[tuple[str, int], ...]:
+    """``[["insufficient_vram", 3], ...]`` as the record's (code, node count) pairs."""
+    pairs: list[tuple[str, int]] = []
+    for i, item in enumerate(items):
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], int)
+            and not isinstance(item[1], bool)
+        ):
+            raise SnapshotError(join(path, i), "expected [reason, node count]")
+        pairs.append((item[0], item[1]))
+    return tuple(sorted(pairs))
 
 
 def _enum(obj: ObjectReader, key: str, enum_type: type[NodeStatus] | type[ReplicaState]) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from fleetd.core.observed import ObservedReplica
 from fleetd.planning.classify import Classified
 from fleetd.planning.context import Need, Pass
-from fleetd.planning.hysteresis import cooling_down, next_record
+from fleetd.planning.hysteresis import cooldown_reasons, cooling_down, next_record
 from fleetd.planning.placement import Request, place, rejections
 from fleetd.planning.plans import (
     Action,
@@ -61,15 +61,18 @@ def place_missing(p: Pass, need: Need, classified: Classified, missing: int, ind
     record = p.inputs.records.get(name)
     now, capacity = p.inputs.now_ms, p.inputs.capacity_key
     if cooling_down(record, now_ms=now, capacity=capacity):
-        p.draft.add_unschedulable(Unschedulable(name, missing, (("cooldown", 0),)))
-        if record is not None:
-            p.draft.kept_records.append(record)
+        assert record is not None  # cooling_down is False without one
+        p.draft.add_unschedulable(Unschedulable(name, missing, cooldown_reasons(record)))
+        p.draft.kept_records.append(record)
         return
-    unplaced, rejections = _load_missing(p, need, classified, missing, indexes)
+    unplaced, rejected = _load_missing(p, need, classified, missing, indexes)
+    reasons = tuple(sorted(rejected))
     if unplaced:
-        p.draft.add_unschedulable(Unschedulable(name, unplaced, tuple(sorted(rejections))))
+        p.draft.add_unschedulable(Unschedulable(name, unplaced, reasons))
     policy = p.inputs.policy.hysteresis
-    kept = next_record(record, name, failed=unplaced > 0, now_ms=now, capacity=capacity, policy=policy)
+    kept = next_record(
+        record, name, failed=unplaced > 0, now_ms=now, capacity=capacity, policy=policy, reasons=reasons
+    )
     if kept is not None:
         p.draft.kept_records.append(kept)
 

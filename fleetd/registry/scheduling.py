@@ -6,6 +6,7 @@ set, so an instance that became placeable, or was removed, loses its record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, delete
@@ -29,6 +30,7 @@ def save(conn: Connection, records: Sequence[SchedulingRecord], *, now_ms: int) 
             "cooldown_until_ms": ms_from_iso(record.cooldown_until) if record.cooldown_until else None,
             "capacity_digest": record.capacity,
             "updated_ms": now_ms,
+            "reasons": json.dumps([list(pair) for pair in record.reasons]) if record.reasons else None,
         }
         stmt = insert_for(conn, scheduling_state).values(instance=record.instance, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["instance"], set_=values))

@@ -16,6 +16,7 @@ compared with the last snapshot's whole lists (one C-level comparison), so a qui
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from collections.abc import Mapping
@@ -226,14 +227,30 @@ def _records(conn: Connection) -> tuple[SchedulingRecord, ...]:
             scheduling_state.c.unsatisfiable_ticks,
             scheduling_state.c.cooldown_until_ms,
             scheduling_state.c.capacity_digest,
+            scheduling_state.c.reasons,
         ).order_by(scheduling_state.c.instance),
     )
     return tuple(
         SchedulingRecord(
-            instance=instance, unsatisfiable_ticks=ticks, cooldown_until=_iso(until), capacity=capacity
+            instance=instance,
+            unsatisfiable_ticks=ticks,
+            cooldown_until=_iso(until),
+            capacity=capacity,
+            reasons=_reasons(reasons),
         )
-        for instance, ticks, until, capacity in rows
+        for instance, ticks, until, capacity, reasons in rows
     )
+
+
+def _reasons(text: str | None) -> tuple[tuple[str, int], ...]:
+    """A record's kept rejection reasons; unreadable ones (a hand-edited row) are dropped, not fatal."""
+    if not text:
+        return ()
+    try:
+        pairs = json.loads(text)
+        return tuple(sorted((str(code), int(count)) for code, count in pairs))
+    except (ValueError, TypeError):
+        return ()
 
 
 def _iso(ms: int | None) -> str | None:

@@ -173,6 +173,8 @@ scheduling_state = Table(
     Column("cooldown_until_ms", BigInteger),
     Column("capacity_digest", String(80), nullable=False, default=""),
     Column("updated_ms", BigInteger, nullable=False),
+    # JSON [[code, nodes], ...]: why the last attempted placement failed, shown through the cooldown
+    Column("reasons", Text),
 )
 
 vram_reservations = Table(

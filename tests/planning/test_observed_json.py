@@ -74,7 +74,11 @@ def full_state() -> ObservedState:
         ),
         scheduling=(
             SchedulingRecord(
-                "big", unsatisfiable_ticks=3, cooldown_until="2026-11-23T08:05:00Z", capacity="sha256:c"
+                "big",
+                unsatisfiable_ticks=3,
+                cooldown_until="2026-11-23T08:05:00Z",
+                capacity="sha256:c",
+                reasons=(("insufficient_vram", 2), ("selector", 1)),
             ),
         ),
     )
@@ -122,6 +126,7 @@ def test_writes_every_field() -> None:
             "unsatisfiable_ticks": 3,
             "cooldown_until": "2026-11-23T08:05:00Z",
             "capacity": "sha256:c",
+            "reasons": [["insufficient_vram", 2], ["selector", 1]],
         }
     ]
 

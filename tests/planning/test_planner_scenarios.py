@@ -41,7 +41,7 @@ from fleetd.planning.plans import (
     Unschedulable,
     drain_action,
 )
-from fleetd.planning.rendering import summary_line
+from fleetd.planning.rendering import summary_line, unschedulable_line
 from tests.planning.fake_executor import ExecutionError, apply_plan, execution_order
 
 NOW = 1_795_420_800_000  # 2026-11-23T08:00:00Z
@@ -1113,11 +1113,18 @@ def test_hysteresis_cools_an_unplaceable_instance_down_until_capacity_changes() 
         now += 30_000
     cooling = plan(desired, state, now_ms=now, policy=policy)
     assert cooling.actions == ()
-    assert cooling.unschedulable == (Unschedulable("big", 1, (("cooldown", 0),)),)
+    # The cooldown keeps saying what stood in the way at the last attempt, not only "cooldown".
+    assert cooling.unschedulable == (Unschedulable("big", 1, (("cooldown", 0), ("insufficient_vram", 1))),)
     assert cooling.scheduling == state.scheduling
+    assert unschedulable_line(cooling.unschedulable[0]) == (
+        "big: 1 replica not placed — 1 node: insufficient VRAM; cooldown"
+    )
     # During the cooldown even free VRAM is not looked at: nothing is attempted.
     roomier = dataclasses.replace(state, nodes=(gpu("gpu-a", 80),))
-    assert plan(desired, roomier, now_ms=now, policy=policy).unschedulable[0].reasons == (("cooldown", 0),)
+    assert plan(desired, roomier, now_ms=now, policy=policy).unschedulable[0].reasons == (
+        ("cooldown", 0),
+        ("insufficient_vram", 1),
+    )
     # A new node is a capacity change: the cooldown ends at once and the instance is placed.
     grown = dataclasses.replace(state, nodes=(gpu("gpu-a", 24), gpu("gpu-b", 80)))
     placed = plan(desired, grown, now_ms=now, policy=policy)

@@ -50,11 +50,11 @@ def downgrade(engine: Engine, revision: str) -> None:
 def test_upgrade_from_empty_builds_exactly_the_declared_schema(empty_engine: Engine) -> None:
     assert current_revision(empty_engine) is None
     assert tables(empty_engine) == set()
-    assert upgrade(empty_engine) == head_revision() == "0008"
-    assert current_revision(empty_engine) == "0008"
+    assert upgrade(empty_engine) == head_revision() == "0009"
+    assert current_revision(empty_engine) == "0009"
     assert tables(empty_engine) == set(metadata.tables)
     assert schema_diffs(empty_engine) == []
-    assert upgrade(empty_engine) == "0008"  # at head: nothing to do, nothing breaks
+    assert upgrade(empty_engine) == "0009"  # at head: nothing to do, nothing breaks
 
 
 def test_upgrade_from_the_first_revision_keeps_data(empty_engine: Engine, clock: ManualClock) -> None:
@@ -63,7 +63,7 @@ def test_upgrade_from_the_first_revision_keeps_data(empty_engine: Engine, clock:
     assert schema_diffs(empty_engine) != []  # the coordination tables are still missing
     with empty_engine.begin() as conn:
         nodes.register(conn, "gpu-a", nodes.NodeFacts(total_vram=8 * 1024**3), now_ms=clock())
-    assert upgrade(empty_engine) == "0008"
+    assert upgrade(empty_engine) == "0009"
     assert tables(empty_engine) == set(metadata.tables)
     assert schema_diffs(empty_engine) == []
     with empty_engine.connect() as conn:
@@ -78,5 +78,5 @@ def test_downgrade_to_base_then_upgrade_again(empty_engine: Engine) -> None:
     downgrade(empty_engine, "base")
     assert current_revision(empty_engine) is None
     assert tables(empty_engine) == set()
-    assert upgrade(empty_engine) == "0008"
+    assert upgrade(empty_engine) == "0009"
     assert schema_diffs(empty_engine) == []

@@ -112,7 +112,7 @@ def test_the_migration_keeps_rows_and_leaves_their_time_unknown(empty_engine: En
                 instance="chat", node="gpu-a", replica=0, state="failed", updated_ms=clock()
             )
         )
-    assert upgrade(empty_engine) == "0008"
+    assert upgrade(empty_engine) == "0009"
     with read_only(empty_engine) as conn:
         (replica,) = snapshot(conn).replicas
     assert (replica.state, replica.state_since) == (ReplicaState.FAILED, None)

@@ -17,7 +17,7 @@ from fleetd.core.observed import (
     SchedulingRecord,
 )
 from fleetd.core.timestamps import iso_from_ms
-from fleetd.registry import nodes, replicas
+from fleetd.registry import nodes, replicas, scheduling
 from fleetd.registry.engine import read_only
 from fleetd.registry.facade import Registry
 from fleetd.registry.nodes import Heartbeat, NodeFacts
@@ -317,3 +317,14 @@ def test_a_cached_snapshot_is_what_a_fresh_one_reads(engine: Engine, clock: Manu
         replicas.remove(conn, "chat", "gpu-a", 0)
     check(changed=True)
     check(changed=False)
+
+
+def test_saved_rejection_reasons_come_back_with_the_record(engine: Engine, clock: ManualClock) -> None:
+    """What stood in the way of a placement outlives the cycle, so a plan made in the cooldown can say it."""
+    record = SchedulingRecord(
+        "big", 3, iso_from_ms(clock() + 60_000), "sha256:c", (("insufficient_vram", 2), ("replica_slots", 1))
+    )
+    with engine.begin() as conn:
+        scheduling.save(conn, [record, SchedulingRecord("small", 1)], now_ms=clock())
+    with engine.connect() as conn:
+        assert snapshot(conn).scheduling == (record, SchedulingRecord("small", 1))
