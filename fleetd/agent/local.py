@@ -19,12 +19,14 @@ from pathlib import Path
 from fleetd.agent.estimates import VramEstimates
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
 from fleetd.agent.node_facts import DeclaredFacts, declared_report, read_node_facts, read_ram
+from fleetd.agent.port_moves import port_slots
 from fleetd.agent.ports import PortAllocator, PortsExhausted
 from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
 from fleetd.agent.vram_estimate import EstimateError, estimate_instance
 from fleetd.core.desired import BackendSpec, HealthPolicy, InstanceSpec, startup_timeout_ms
 from fleetd.core.observed import ReplicaState
 from fleetd.runtimes import build_command
+from fleetd.runtimes.commands import Command
 from fleetd.transport.agent_api import (
     AgentError,
     InstallResult,
@@ -163,16 +165,20 @@ class LocalAgent:
         templates = {key: value.template for key, value in spec.environment}
         if self._gpu_vendor is None:
             self.health()
-        command = build_command(
-            spec,
-            backend,
-            executable=executable,
-            host=self._host,
-            port=port,
-            replica=request.replica,
-            environment=templates,
-            gpu_vendor=self._gpu_vendor or "none",
-        )
+
+        def command_at(at: int) -> Command:
+            return build_command(
+                spec,
+                backend,
+                executable=executable,
+                host=self._host,
+                port=at,
+                replica=request.replica,
+                environment=templates,
+                gpu_vendor=self._gpu_vendor or "none",
+            )
+
+        command = command_at(port)
         return Launch(
             instance=spec.name,
             replica=request.replica,
@@ -186,6 +192,7 @@ class LocalAgent:
             restart=spec.restart,
             health=_health_policy(spec),
             container=command.container,
+            port_slots=port_slots(lambda at: command_at(at).argv, port),
         )
 
     def _wait(self, request: LaunchRequest, timeout_s: float | None) -> ReplicaStatus:

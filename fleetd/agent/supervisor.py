@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,13 +35,15 @@ from pathlib import Path
 import psutil
 
 from fleetd.agent.log_lines import first_error_line
-from fleetd.agent.ports import PortAllocator
+from fleetd.agent.port_moves import movable, with_port
+from fleetd.agent.ports import PortAllocator, PortsExhausted, is_free
 from fleetd.agent.probing import ProbeOutcome, ProbeResult, probe
 from fleetd.core.desired import ENV_REFERENCE, BackendType, HealthPolicy, RestartPolicy
 from fleetd.core.observed import ReplicaState
 from fleetd.runtimes.probes import ProbeSpec, probe_spec
 from fleetd.transport.agent_api import ReplicaStatus
 
+log = logging.getLogger("fleetd.agent.supervisor")
 LOG_TAIL_LINES = 20
 FAST_START_PROBE_S = 0.005
 FAST_START_WINDOW_S = 2.0
@@ -71,6 +74,9 @@ class Launch:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     health: HealthPolicy = field(default_factory=HealthPolicy)
     container: str | None = None
+    port_slots: tuple[int, ...] | None = None
+    """Which argv words hold the port (``port_moves``), so a restart can move the replica to a free port when its
+    own was taken; ``None``: not movable (unknown, e.g. a state file from before moves existed)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -362,6 +368,7 @@ class Supervisor:
                     + (f": {said}" if said else "")
                     + ("\n" + "\n".join(tail) if tail else "")
                 )
+                log.warning("replica %s failed: %s", _name(replica), replica.last_error.partition("\n")[0])
                 self._changed.notify_all()
                 return
             if replica.started_at and time.monotonic() - replica.started_at >= self._stable_after_s:
@@ -371,11 +378,16 @@ class Supervisor:
             replica.state = ReplicaState.STARTING
             replica.streak += 1
             replica.restarts += 1
+            log.warning(
+                "replica %s %s; restart %d in %s", _name(replica), why, replica.restarts, _seconds(delay_ms)
+            )
             self._changed.notify_all()
 
     # processes ----------------------------------------------------------------------------------------------
 
     def _spawn(self, replica: _Replica) -> None:
+        if replica.restarts and not is_free(replica.launch.host, replica.launch.port):
+            self._move_port(replica)
         launch = replica.launch
         env = dict(os.environ)
         sent = self._secrets.get(launch.key)
@@ -419,6 +431,24 @@ class Supervisor:
         replica.state = ReplicaState.STARTING
         replica.failures = 0
         self._write_state(replica)
+
+    def _move_port(self, replica: _Replica) -> None:
+        """Another process took the port while the replica was down: restart it on a free one. Unmovable, or no
+        port left: it starts on its own port, fails to bind, and its log says so."""
+        launch = replica.launch
+        if not movable(launch):
+            return
+        try:
+            port = self._ports.allocate()
+        except PortsExhausted:
+            return
+        self._ports.release(launch.port)
+        replica.launch = with_port(launch, port)
+        note = f"port {launch.port} is taken by another process; restarting on port {port}"
+        replica.last_error = f"{replica.last_error}; {note}" if replica.last_error else note
+        with contextlib.suppress(OSError), replica.log_path.open("ab") as out:
+            out.write(f"--- fleetd: {note}\n".encode())
+        log.warning("replica %s: %s", _name(replica), note)
 
     def _exit_code(self, replica: _Replica) -> int | None:
         if replica.popen is not None:
@@ -538,6 +568,14 @@ class Supervisor:
         )
 
 
+def _name(replica: _Replica) -> str:
+    return f"{replica.launch.instance}/{replica.launch.replica}"
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g} s"
+
+
 def describe_exit(code: int) -> str:
     """How a process ended, as an operator reads it: ``killed by SIGKILL`` (a negative status is a signal, as
     ``subprocess`` reports it), ``exited with status 1``."""
@@ -574,7 +612,14 @@ def _launch_from(data: Mapping[str, object]) -> Launch:
         restart=RestartPolicy(**restart),
         health=HealthPolicy(**health),
         container=str(data["container"]) if data.get("container") else None,
+        port_slots=_slots_from(data.get("port_slots")),
     )
+
+
+def _slots_from(value: object) -> tuple[int, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(int(i) for i in value if isinstance(i, int))
 
 
 def _same_command(cmdline: tuple[str, ...], argv: tuple[str, ...]) -> bool:

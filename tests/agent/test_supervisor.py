@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -224,3 +226,40 @@ def test_an_exit_is_described_as_an_operator_reads_it() -> None:
     assert describe_exit(-15) == "killed by SIGTERM"
     assert describe_exit(1) == "exited with status 1"
     assert describe_exit(-250) == "killed by signal 250"
+
+
+def test_a_restart_whose_port_was_taken_moves_to_a_free_port(agent: LocalAgent, tmp_path: Path) -> None:
+    """Another process binds the replica's port while it is down: the restart takes another port, the state file
+    and the reported address follow, and the replica's log says why."""
+    desired = fake_manifest(fake_backend_executable(tmp_path), instances=chat(restart_delay="2s"))
+    first = load(agent, desired)
+    assert first.state is ReplicaState.RUNNING and first.pid is not None and first.address is not None
+    host, port = first.address.rsplit(":", 1)
+    os.kill(first.pid, signal.SIGKILL)
+    with socket.socket() as squatter:
+        wait_for(
+            lambda: _bound(squatter, host, int(port)), timeout_s=10, what="the dead replica's port to free up"
+        )
+        squatter.listen()
+
+        def running_elsewhere() -> ReplicaStatus | None:
+            now = status(agent)
+            return now if now.state is ReplicaState.RUNNING and now.address != first.address else None
+
+        moved = wait_for(running_elsewhere, timeout_s=20, what="the replica to run again on another port")
+    assert moved.restarts == 1
+    assert f"port {port} is taken by another process; restarting on port" in (moved.last_error or "")
+    new_port = moved.address.rsplit(":", 1)[1] if moved.address else ""
+    state = json.loads((tmp_path / "state" / "agent" / "replicas" / "chat.0.json").read_text())
+    assert state["launch"]["port"] == int(new_port)
+    assert new_port in state["launch"]["argv"]  # the process was started with the new port
+    log_text = (tmp_path / "state" / "agent" / "replicas" / "chat.0.log").read_text()
+    assert f"--- fleetd: port {port} is taken by another process; restarting on port {new_port}" in log_text
+
+
+def _bound(sock: socket.socket, host: str, port: int) -> bool:
+    try:
+        sock.bind((host, port))
+    except OSError:
+        return False
+    return True
