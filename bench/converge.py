@@ -81,16 +81,15 @@ def main() -> None:
         options = ServeOptions(
             paths=(path,), interval_s=60, http=None, stop_on_exit=True, state_dir=root / "state"
         )
-        with Path(os.devnull).open("w") as quiet:
-            daemon = Daemon(options, log=quiet)
-            daemon.start()
-            try:
-                rows = run(daemon, path, executable, token, args)
-            finally:
-                daemon.stop()
-            for process in psutil.process_iter(["cmdline"]):
-                if any(token in part for part in process.info["cmdline"] or ()):
-                    process.kill()
+        daemon = Daemon(options)  # logs nothing: no handler is configured for the fleetd loggers here
+        daemon.start()
+        try:
+            rows = run(daemon, path, executable, token, args)
+        finally:
+            daemon.stop()
+        for process in psutil.process_iter(["cmdline"]):
+            if any(token in part for part in process.info["cmdline"] or ()):
+                process.kill()
     report(rows)
     print(f"backend start alone (exec -> listening), median of 10: {backend_start_ms():.0f} ms")
 

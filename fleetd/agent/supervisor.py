@@ -368,7 +368,7 @@ class Supervisor:
                     + (f": {said}" if said else "")
                     + ("\n" + "\n".join(tail) if tail else "")
                 )
-                log.warning("replica %s failed: %s", _name(replica), replica.last_error.partition("\n")[0])
+                log.error("replica %s failed: %s", _name(replica), replica.last_error.partition("\n")[0])
                 self._changed.notify_all()
                 return
             if replica.started_at and time.monotonic() - replica.started_at >= self._stable_after_s:

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from fleetd.cli.common import EXIT_ERROR, fail, tls_files
-from fleetd.cli.options import TlsCa, TlsCert, TlsKey
+from fleetd.cli.options import LogFormatOption, TlsCa, TlsCert, TlsKey
+from fleetd.daemon.log_format import LogFormat, configure_logging
 
 
 def agent_command(
@@ -87,6 +88,7 @@ def agent_command(
         bool,
         typer.Option("--insecure", help="Serve without TLS (tests on one machine only; logged on every start)."),
     ] = False,
+    log_format: LogFormatOption = LogFormat.LOGFMT,
 ) -> None:
     """Run this node's agent: supervise its replicas and take the controller's commands over gRPC.
 
@@ -104,7 +106,7 @@ def agent_command(
         fail(f"--node {node!r}: a node name is lower-case letters, digits, '.', '_' and '-' (as in the manifest)")
     if join_token_file is not None and not nats:
         fail("--join-token-file needs --nats: the token is presented to the controller over NATS")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fleetd agent: %(message)s")
+    configure_logging(sys.stderr, log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would drown what happened
     try:
         files = tls_files(tls_cert, tls_key, tls_ca)

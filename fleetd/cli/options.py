@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fleetd.daemon.log_format import LogFormat
+
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
@@ -54,5 +56,14 @@ Insecure = Annotated[
         "--insecure",
         envvar="FLEETD_INSECURE",
         help="Talk to agents without TLS (tests on one machine only; every log line says so).",
+    ),
+]
+
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="FLEETD_LOG_FORMAT",
+        help="How each log line is written: logfmt (key=value) or json (one object per line).",
     ),
 ]

@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from fleetd.cli.common import agent_access, os_error_line
-from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
+from fleetd.cli.options import DatabaseUrl, Insecure, LogFormatOption, TlsCa, TlsCert, TlsKey
+from fleetd.daemon.log_format import LogFormat
 
 EXIT_ERROR = 1
 
@@ -76,6 +77,7 @@ def serve(
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
     insecure: Insecure = False,
+    log_format: LogFormatOption = LogFormat.LOGFMT,
 ) -> None:
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
     from fleetd.core.units import UnitError, parse_duration_ms
@@ -109,6 +111,7 @@ def serve(
         nats_url=nats,
         nats_listen=bus_listen,
         liveness=liveness,
+        log_format=log_format,
     )
     if nats and nats_listen:
         sys.stderr.write("error: give --nats (a server to use) or --nats-listen (run one), not both\n")

@@ -13,6 +13,7 @@ agent, leaving the replicas running (the next controller adopts them) unless ``s
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 from fleetd.controlling.distributed import DistributedFleet, Layout, layout_of
 from fleetd.controlling.embedded import EmbeddedFleet
@@ -29,22 +30,27 @@ from fleetd.controlling.heartbeats import LOST_AFTER_MS, UNHEALTHY_AFTER_MS
 from fleetd.controlling.leadership import Leadership
 from fleetd.controlling.opening import AgentAccess, OpenFleet, fleet_kind, open_fleet
 from fleetd.controlling.reconciling import CycleResult, Reconciler, action_lines, summary_line
+from fleetd.controlling.replica_events import replica_events, still_announced
 from fleetd.controlling.sources import PathSource
-from fleetd.core.observed import ReplicaState
+from fleetd.core.observed import ObservedReplica
 from fleetd.core.timestamps import iso_from_ms
 from fleetd.daemon.controller_bus import ControllerBus
 from fleetd.daemon.http_api import Endpoints, HttpApi
+from fleetd.daemon.log_format import FieldValue, LogFormat, configure_logging
 from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, interval_scheduler
 from fleetd.executing import Fence
 from fleetd.planning.planner import PlanPolicy
+from fleetd.planning.plans import Unschedulable
+from fleetd.planning.rendering import rejection_words, unschedulable_line
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
 from fleetd.transport.agent_api import CallerFence, InstallProgress, ReplicaStatus
 from fleetd.transport.certificates import Authority, authority_dir, ensure_authority
 from fleetd.transport.security import INSECURE_MARK
 
+log = logging.getLogger("fleetd.serve")
 REPLICA_EVENT_GAP_S = 0.25
 """At most four cycles a second come from replica events (crash loops); manifest edits are not spaced."""
 
@@ -81,6 +87,7 @@ class ServeOptions:
     nats_listen: tuple[str, int] | None = None
     """Run the bundled nats-server here (and use it)."""
     liveness: Liveness = field(default_factory=Liveness)
+    log_format: LogFormat = LogFormat.LOGFMT
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +99,8 @@ class _Seen:
 
 
 class Daemon:
-    def __init__(self, options: ServeOptions, *, log: TextIO = sys.stderr) -> None:
+    def __init__(self, options: ServeOptions) -> None:
         self._options = options
-        self._log = log
         self._state_dir = options.state_dir or default_state_dir()
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._url = options.database_url or f"sqlite:///{self._state_dir / 'fleetd.db'}"
@@ -107,7 +113,12 @@ class Daemon:
         self._last_error: str | None = None
         self._shown_problem: str | None = None
         self._ready_sent = False
-        self._announced: set[tuple[str, int, str | None]] = set()
+        self._known: dict[tuple[str, str, int], ObservedReplica] = {}
+        """The replicas of the last cycle, by (instance, node, index): what ``replica_events`` compares to."""
+        self._announced: dict[tuple[str, str, int], str | None] = {}
+        """The address each replica was last said ready at."""
+        self._digest: str | None = None
+        self._unschedulable: dict[str, str] = {}
         self._fleet: OpenFleet | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
         self._fleet_kind: tuple[bool, str | None] | None = None
@@ -127,7 +138,7 @@ class Daemon:
             ttl_ms=int(options.lease_ttl_s * 1000),
             on_change=self._leadership_changed,
         )
-        self.watcher = ManifestWatcher(options.paths, self.worker.trigger) if options.watch else None
+        self.watcher = ManifestWatcher(options.paths, self._manifest_changed) if options.watch else None
         self.scheduler = interval_scheduler(self.worker.trigger, interval_s=options.interval_s)
         self.http = HttpApi(options.http, self._endpoints()) if options.http is not None else None
         self._access, authority = self._fleet_ca(options.access)
@@ -240,7 +251,7 @@ class Daemon:
             self._cycles += 1
         self.metrics.record(result)
         self._report(result)
-        self._announce(replicas)
+        self._replica_lines(fleet, result)
         if result.plan is not None and result.plan.deferred:
             self._replica_events()  # re-placements the budget deferred: the next cycle takes the next batch
         if not self._ready_sent:
@@ -289,14 +300,15 @@ class Daemon:
         message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         with self._lock:
             self._last_error = message
-        self._say(f"cycle failed: {message}")
+        self._say(f"cycle failed: {message}", level=logging.ERROR, event="cycle_failed")
 
     def _report(self, result: CycleResult) -> None:
         """A line for a cycle that did something, and one when the manifest or plan problem changes."""
         if result.acted:
-            self._say(summary_line(result))
+            self._say(summary_line(result), event="applied")
             for line in action_lines(result):
-                self._say(f"  {line}")
+                self._say(line, event="action")
+        self._desired_lines(result)
         problem = None
         if result.manifest_errors:
             kept = "keeping the last good desired state" if result.desired_digest else "nothing to reconcile yet"
@@ -306,17 +318,42 @@ class Daemon:
             problem = f"plan refused: {result.refused}"
         if problem != self._shown_problem:
             if problem is not None:
-                self._say(problem)
+                self._say(problem, level=logging.WARNING, event="problem")
             elif self._shown_problem is not None:
                 self._say("manifest valid again" if "manifest" in self._shown_problem else "plan accepted")
             self._shown_problem = problem
 
-    def _announce(self, replicas: tuple[ReplicaStatus, ...]) -> None:
-        """A line for each replica that became ready since the last cycle: where to send requests."""
-        ready = {(r.instance, r.replica, r.address) for r in replicas if r.state is ReplicaState.RUNNING}
-        for instance, index, address in sorted(ready - self._announced, key=str):
-            self._say(f"{instance}/{index} ready at http://{address} (OpenAI API: POST /v1/chat/completions)")
-        self._announced = ready
+    def _desired_lines(self, result: CycleResult) -> None:
+        """A line when the desired state changes (a manifest edit took effect), and one for each instance whose
+        unschedulable replicas or reasons changed (said again while they change, quiet while they stay)."""
+        if result.desired_digest is not None and result.desired_digest != self._digest:
+            revision = f" at {result.revision.label()}" if result.revision is not None else ""
+            self._say(
+                f"desired state {result.desired_digest[:19]}{revision} from the manifest",
+                event="desired_state",
+                digest=result.desired_digest,
+            )
+            self._digest = result.desired_digest
+        if result.plan is None:
+            return
+        lines = {u.instance: unschedulable_line(u) for u in result.plan.unschedulable}
+        for instance, line in sorted(lines.items()):
+            if self._unschedulable.get(instance) != line:
+                self._say(
+                    f"unschedulable: {line}", level=logging.WARNING, event="unschedulable", instance=instance
+                )
+        self._unschedulable = lines
+
+    def _replica_lines(self, fleet: OpenFleet, result: CycleResult) -> None:
+        """A line for each replica event since the last cycle: ready (where to send requests), moved, restarted,
+        failed. An in-process agent's supervisor already said a restart or a failure (with the delay)."""
+        in_process = {fleet.agent.node} if isinstance(fleet, EmbeddedFleet) else set()
+        current = {(r.instance, r.node, r.replica): r for r in result.observed.replicas}
+        events = replica_events(self._known, current, announced=self._announced, quiet_nodes=in_process)
+        for event in events:
+            self._say(event.message, level=event.level, **event.fields)
+        self._known = current
+        self._announced = still_announced(self._announced, current)
 
     def _leadership_changed(self, fence: Fence | None) -> None:
         self.metrics.leader.set(1 if fence is not None else 0)
@@ -336,15 +373,18 @@ class Daemon:
         self._stopping.set()
 
     def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._say("SIGHUP: reading the manifest again")
+        self._say("SIGHUP: reading the manifest again", event="sighup")
+        self.worker.trigger()
+
+    def _manifest_changed(self) -> None:
+        self._say("the manifest changed on disk: reading it again", event="manifest_changed")
         self.worker.trigger()
 
     def _install_progress(self, event: InstallProgress) -> None:
         self._say(f"install {event.backend} ({event.step}): {event.message}")
 
-    def _say(self, line: str) -> None:
-        self._log.write(f"fleetd serve: {line}\n")
-        self._log.flush()
+    def _say(self, line: str, *, level: int = logging.INFO, **fields: FieldValue) -> None:
+        log.log(level, line, extra={"fields": fields})
 
     # HTTP ---------------------------------------------------------------------------------------------------
 
@@ -422,22 +462,65 @@ def _seen_json(seen: _Seen) -> dict[str, Any]:
         else {
             "summary": plan.summary(),
             "actions": [{"id": a.id, "reason": a.reason.value} for a in plan.actions],
-            "unschedulable": [{"instance": u.instance, "missing": u.missing} for u in plan.unschedulable],
+            "unschedulable": [_unschedulable_json(u) for u in plan.unschedulable],
+            "failed": plan.failed,
         },
         "refused": result.refused,
-        "replicas": [
-            {
-                "instance": r.instance,
-                "replica": r.replica,
-                "state": r.state.value,
-                "address": r.address,
-                "pid": r.pid,
-                "config_hash": r.config_hash,
-                "restarts": r.restarts,
-            }
-            for r in sorted(seen.replicas, key=lambda r: (r.instance, r.replica))
-        ],
+        "replicas": _replicas_json(seen),
     }
+
+
+def _unschedulable_json(item: Unschedulable) -> dict[str, Any]:
+    return {
+        "instance": item.instance,
+        "missing": item.missing,
+        "reasons": [
+            {"reason": code, "nodes": count, "words": rejection_words(code)} for code, count in item.reasons
+        ],
+        "line": unschedulable_line(item),
+    }
+
+
+def _replicas_json(seen: _Seen) -> list[dict[str, Any]]:
+    """The replicas the last cycle observed on every node; the pid where this process's agent runs them (the
+    agent's list is taken after the cycle: a replica started by it shows with its state then)."""
+    local = {(r.instance, r.replica): r for r in seen.replicas}
+    observed = {(r.instance, r.replica, r.node): r for r in seen.result.observed.replicas}
+    rows: list[dict[str, Any]] = []
+    for (instance, index, node), r in sorted(observed.items()):
+        mine = local.get((instance, index))
+        fresh = mine if mine is not None and mine.config_hash == r.config_hash else None
+        last_error = fresh.last_error if fresh is not None else r.last_error
+        rows.append(
+            {
+                "instance": instance,
+                "replica": index,
+                "node": node,
+                "state": (fresh.state if fresh is not None else r.state).value,
+                "address": fresh.address if fresh is not None else r.address,
+                "pid": fresh.pid if fresh is not None else None,
+                "config_hash": r.config_hash,
+                "restarts": fresh.restarts if fresh is not None else r.restarts,
+                "last_error": last_error.partition("\n")[0] if last_error else None,
+            }
+        )
+    seen_keys = {(r["instance"], r["replica"]) for r in rows}
+    for key, mine in sorted(local.items()):
+        if key not in seen_keys:  # started after the cycle's last observation
+            rows.append(
+                {
+                    "instance": mine.instance,
+                    "replica": mine.replica,
+                    "node": None,
+                    "state": mine.state.value,
+                    "address": mine.address,
+                    "pid": mine.pid,
+                    "config_hash": mine.config_hash,
+                    "restarts": mine.restarts,
+                    "last_error": mine.last_error.partition("\n")[0] if mine.last_error else None,
+                }
+            )
+    return rows
 
 
 def _report_json(reconciler: Reconciler) -> dict[str, Any] | None:
@@ -466,4 +549,5 @@ def _replicas_of(fleet: OpenFleet, result: CycleResult) -> tuple[ReplicaStatus, 
 
 
 def serve(options: ServeOptions) -> int:
+    configure_logging(sys.stderr, options.log_format)
     return Daemon(options).run()

@@ -134,7 +134,9 @@ def run_scenario(
     assert served.process.wait(timeout=30) == 0, served.output()
     assert alive(alpha_pid)
     output = served.output()
-    assert f"fleetd serve: watching {manifest}; http on 127.0.0.1:{served.port}" in output
+    assert f'src=serve msg="watching {manifest}; http on 127.0.0.1:{served.port}"' in output
+    assert 'src=serve msg="the manifest changed on disk: reading it again" event=manifest_changed' in output
+    assert "event=desired_state digest=sha256:" in output
     assert "applied 1 restart -> ok" in output
     assert "replicas left running" in output
 
