@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from fleetd.transport.agent_api import LogStream
 
 BLOCK_BYTES = 64 * 1024
 """How much ``tail_lines`` reads per step backwards, and the most one chunk of output carries."""
 POLL_S = 0.25
 """How often a follower looks at the file's size."""
-LogStream = Generator[bytes, None, None]
-"""A log's bytes as they are read; ``close()`` stops a follower between two polls."""
 
 
 @dataclass(frozen=True, slots=True)
