@@ -18,12 +18,14 @@ from pathlib import Path
 
 from fleetd.agent.estimates import VramEstimates
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
+from fleetd.agent.log_reading import read_log, rotated_path
 from fleetd.agent.node_facts import DeclaredFacts, declared_report, read_node_facts, read_ram
 from fleetd.agent.port_moves import port_slots
 from fleetd.agent.ports import PortAllocator, PortsExhausted
 from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
 from fleetd.agent.vram_estimate import EstimateError, estimate_instance
 from fleetd.core.desired import BackendSpec, HealthPolicy, InstanceSpec, startup_timeout_ms
+from fleetd.core.names import name_problem
 from fleetd.core.observed import ReplicaState
 from fleetd.runtimes import build_command
 from fleetd.runtimes.commands import Command
@@ -31,8 +33,10 @@ from fleetd.transport.agent_api import (
     AgentError,
     InstallResult,
     LaunchRequest,
+    LogStream,
     NodeReport,
     ProgressSink,
+    ReplicaNotFound,
     ReplicaStatus,
 )
 
@@ -147,6 +151,18 @@ class LocalAgent:
             return self._estimates.one(spec)
         except EstimateError as exc:
             raise AgentError(f"node {self._node}: cannot estimate the VRAM of {spec.name}: {exc}") from exc
+
+    def replica_logs(self, instance: str, replica: int, *, tail_lines: int, follow: bool) -> LogStream:
+        """The replica's output from its log file (``fleetd.agent.log_reading.read_log``): a replica this agent
+        supervises, or one whose log is still here after it stopped. Raises ``ReplicaNotFound`` otherwise, and
+        for a name that is no instance name (it must not make a path outside the replicas' directory)."""
+        missing = ReplicaNotFound(f"node {self._node} has no replica {instance}/{replica}")
+        if name_problem(instance) is not None:
+            raise missing
+        log = self._supervisor.log_path(instance, replica)
+        if self._supervisor.get(instance, replica) is None and not (log.exists() or rotated_path(log).exists()):
+            raise missing
+        return read_log(log, tail=tail_lines, follow=follow)
 
     # helpers ------------------------------------------------------------------------------------------------
 

@@ -6,6 +6,11 @@ raises becomes a gRPC status with a message for people: ``AgentError`` -> FAILED
 -> INVALID_ARGUMENT, a fenced call -> PERMISSION_DENIED; anything else is logged with its traceback here and
 answered INTERNAL with one line. Secret values in a launch request are handed to the supervisor and never
 logged.
+
+``ReplicaLogs`` streams a replica's log for ``fleetd logs`` (read-only, so unfenced; the node check applies): an
+unknown replica is NOT_FOUND. A follower holds one of the server's threads until its caller cancels, so at
+most ``MAX_FOLLOWERS`` run at once (RESOURCE_EXHAUSTED beyond), leaving the others to the controller's calls;
+it notices a cancelled call at its next poll of the file.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol, TypeVar
 
@@ -27,8 +33,10 @@ from fleetd.transport.agent_api import (
     InstallProgress,
     InstallResult,
     LaunchRequest,
+    LogStream,
     NodeReport,
     ProgressSink,
+    ReplicaNotFound,
     ReplicaStatus,
 )
 from fleetd.transport.codec import CodecError, decode_backend, decode_instance
@@ -36,6 +44,11 @@ from fleetd.transport.messages import progress_event, report_message, result_eve
 
 T = TypeVar("T")
 log = logging.getLogger("fleetd.agent")
+
+MAX_FOLLOWERS = 4
+"""Logs followed at once through one agent (each holds a server thread while it lasts)."""
+QUIET_CHUNK_S = 1.0
+"""While a followed log is quiet, an empty chunk this often: the caller sees the stream alive and can stop."""
 
 
 class ServedAgent(Protocol):
@@ -62,6 +75,8 @@ class ServedAgent(Protocol):
 
     def estimate(self, spec: InstanceSpec) -> int: ...
 
+    def replica_logs(self, instance: str, replica: int, *, tail_lines: int, follow: bool) -> LogStream: ...
+
 
 class AgentService(pb_grpc.AgentServiceServicer):
     def __init__(self, agent: ServedAgent, guard: EpochGuard, *, mark: str = "") -> None:
@@ -69,6 +84,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self._agent = agent
         self._guard = guard
         self._mark = mark
+        self._followers = threading.BoundedSemaphore(MAX_FOLLOWERS)
 
     def InstallBackend(
         self, request: pb.InstallBackendRequest, context: grpc.ServicerContext
@@ -135,6 +151,32 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
         return pb.EstimateReply(bytes=self._serve(context, request.node, "estimate", run))
 
+    def ReplicaLogs(self, request: pb.ReplicaLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
+        what = f"read the log of {request.instance}/{request.replica}"
+
+        def opened() -> LogStream:
+            return self._agent.replica_logs(
+                request.instance, request.replica, tail_lines=request.tail_lines, follow=request.follow
+            )
+
+        stream = self._serve(context, request.node, what, opened)
+        if request.follow:
+            if not self._followers.acquire(blocking=False):
+                stream.close()
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"node {self._agent.node} already streams {MAX_FOLLOWERS} followed logs, the most it "
+                    "serves at once: stop one of them, or read without --follow",
+                )
+            if not context.add_callback(self._followers.release):  # runs when the call ends, however it ends
+                self._followers.release()
+        try:
+            yield from _forward(stream, context)
+        except OSError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"node {self._agent.node}: cannot {what}: {exc}")
+        finally:
+            stream.close()
+
     # helpers --------------------------------------------------------------------------------------------------
 
     def _launch(
@@ -178,6 +220,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
             )
         try:
             return run()
+        except ReplicaNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except AgentError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except CodecError as exc:
@@ -193,3 +237,16 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
 def _raise(exc: BaseException) -> None:
     raise exc
+
+
+def _forward(stream: LogStream, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
+    """The stream's chunks as messages, an empty one only every ``QUIET_CHUNK_S``; ends when the call does
+    (the caller cancelled, or went away): checked at every chunk, so at least at every poll of the file."""
+    sent = time.monotonic()
+    for data in stream:
+        if not context.is_active():
+            return
+        now = time.monotonic()
+        if data or now - sent >= QUIET_CHUNK_S:
+            sent = now
+            yield pb.LogChunk(data=data)

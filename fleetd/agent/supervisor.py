@@ -35,6 +35,7 @@ from pathlib import Path
 import psutil
 
 from fleetd.agent.log_lines import first_error_line
+from fleetd.agent.log_reading import log_file, replicas_dir, rotated_path
 from fleetd.agent.port_moves import movable, with_port
 from fleetd.agent.ports import PortAllocator, PortsExhausted, is_free
 from fleetd.agent.probing import ProbeOutcome, ProbeResult, probe
@@ -138,7 +139,7 @@ class Supervisor:
         """``on_change`` runs on the monitor thread after a tick in which a replica's state changed (a crash, a
         restart, a start that became healthy, a replica given up as failed): the daemon's trigger for a cycle,
         so that the registry and the plan follow a replica event at once rather than at the next interval."""
-        self._dir = state_dir / "replicas"
+        self._dir = replicas_dir(state_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._ports = ports or PortAllocator()
         self._prober = prober
@@ -184,8 +185,7 @@ class Supervisor:
         launch's ``${env:NAME}`` references, taken before the agent's environment, on this start and on the
         supervisor's restarts of the replica, until it is stopped; kept in memory only."""
         with self._lock:
-            log_path = self._dir / f"{launch.instance}.{launch.replica}.log"
-            replica = _Replica(launch, log_path)
+            replica = _Replica(launch, self.log_path(launch.instance, launch.replica))
             self._replicas[launch.key] = replica
             if secrets:
                 self._secrets[launch.key] = _Secrets(dict(secrets))
@@ -246,6 +246,11 @@ class Supervisor:
     def list(self) -> tuple[ReplicaStatus, ...]:
         with self._lock:
             return tuple(self._status(self._replicas[k]) for k in sorted(self._replicas))
+
+    def log_path(self, instance: str, replica: int) -> Path:
+        """Where the replica's output goes (rotated to ``.log.1`` past ``log_max_bytes``), whether or not the
+        replica runs now: a stopped replica's log stays."""
+        return log_file(self._dir, instance, replica)
 
     # the monitor --------------------------------------------------------------------------------------------
 
@@ -541,7 +546,7 @@ class Supervisor:
         try:
             if replica.log_path.stat().st_size <= self._log_max_bytes:
                 return
-            rotated = replica.log_path.with_suffix(".log.1")
+            rotated = rotated_path(replica.log_path)
             rotated.write_bytes(replica.log_path.read_bytes())
             with replica.log_path.open("r+b") as f:
                 f.truncate(0)

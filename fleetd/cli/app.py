@@ -24,6 +24,7 @@ from fleetd.cli.common import (
     registry_errors,
     validity_summary,
 )
+from fleetd.cli.logs_command import logs_command
 from fleetd.cli.node_command import node_app
 from fleetd.cli.options import DatabaseUrl, PathsArg
 from fleetd.cli.plan_command import plan_command
@@ -167,6 +168,7 @@ app.command("apply")(apply_command)
 app.command("status")(status_command)
 app.command("serve")(serve)
 app.command("agent")(agent_command)
+app.command("logs")(logs_command)
 app.add_typer(replica_app, name="replica")
 app.add_typer(node_app, name="node")
 

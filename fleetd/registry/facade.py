@@ -153,6 +153,10 @@ class Registry:
             return pending_ops.record(conn, node, target, op, payload, now_ms=self.clock())
 
     # replicas
+    def replica_places(self, instance: str) -> tuple[replicas.ReplicaPlace, ...]:
+        with read_only(self.engine) as conn:
+            return replicas.places(conn, instance)
+
     def upsert_replica(self, record: replicas.ReplicaRecord) -> None:
         with self.engine.begin() as conn:
             replicas.upsert(conn, record, now_ms=self.clock())

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, inse
 
 from fleetd.core.observed import ReplicaState
 from fleetd.registry.dialects import insert_for
-from fleetd.registry.tables import replaced_replicas, replicas
+from fleetd.registry.tables import nodes, replaced_replicas, replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,29 @@ def on_node(conn: Connection, node: str) -> tuple[tuple[str, int], ...]:
         .order_by(replicas.c.instance, replicas.c.replica)
     )
     return tuple((instance, index) for instance, index in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlace:
+    """Where one replica runs: its node, and how that node's agent is reached (what ``fleetd logs`` needs)."""
+
+    instance: str
+    replica: int
+    node: str
+    node_address: str | None
+    """The gRPC address of the node's ``fleetd agent``; ``None`` for a node without one: the in-process agent
+    of a controller's machine (``local`` in the embedded mode)."""
+
+
+def places(conn: Connection, instance: str) -> tuple[ReplicaPlace, ...]:
+    """Every replica row of ``instance``, by index then node, with its node's address."""
+    rows = conn.execute(
+        select(replicas.c.replica, replicas.c.node, nodes.c.address)
+        .select_from(replicas.join(nodes, nodes.c.name == replicas.c.node))
+        .where(replicas.c.instance == instance)
+        .order_by(replicas.c.replica, replicas.c.node)
+    )
+    return tuple(ReplicaPlace(instance, index, node, address) for index, node, address in rows)
 
 
 _UPSERTED = (

@@ -8,7 +8,7 @@ replica that already runs with the same config hash returns its status, ``unload
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +22,10 @@ class AgentError(Exception):
 
 class AgentFenced(AgentError):
     """The agent refused a command: it has seen a newer controller's lease epoch (this controller was deposed)."""
+
+
+class ReplicaNotFound(AgentError):
+    """The node has no such replica (none runs, and no log of one is there): ``node X has no replica chat/3``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,24 @@ class NodeReport:
 
 
 ProgressSink = Callable[[InstallProgress], None]
+LogStream = Generator[bytes, None, None]
+"""A replica's output as it is read, in chunks of bytes as the replica wrote them. While following, an empty
+chunk says that nothing new came since the last one; ``close()`` stops following (and cancels a remote read)."""
+
+
+class ReplicaLogReader(Protocol):
+    """Where ``fleetd logs`` reads a replica's output: the node's agent in-process (``LocalAgent``) or over gRPC
+    (``GrpcAgentClient``). Not part of ``AgentClient``: the executor never reads logs."""
+
+    @property
+    def node(self) -> str: ...
+
+    def replica_logs(self, instance: str, replica: int, *, tail_lines: int, follow: bool) -> LogStream:
+        """The replica's last ``tail_lines`` lines, then, with ``follow``, what it writes next, until the
+        iterator is closed (it never ends by itself, and yields an empty chunk at least every second or so when
+        nothing is written, so that a consumer can stop). Raises ``ReplicaNotFound`` for a replica the node does
+        not have, and ``AgentError`` for a read that failed, when called or while iterated."""
+        ...
 
 
 class AgentClient(Protocol):

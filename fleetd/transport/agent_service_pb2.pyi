@@ -543,3 +543,58 @@ class EstimateReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EstimateReply: _TypeAlias = EstimateReply  # noqa: Y015
+
+@_typing.final
+class ReplicaLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    instance: _builtins.str
+    replica: _builtins.int
+    tail_lines: _builtins.int
+    """0: no earlier lines (with follow, only what is written from now on)."""
+    follow: _builtins.bool
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        replica: _builtins.int = ...,
+        tail_lines: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "instance", b"instance", "node", b"node", "replica", b"replica", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaLogsRequest: _TypeAlias = ReplicaLogsRequest  # noqa: Y015
+
+@_typing.final
+class LogChunk(_message.Message):
+    """The log's bytes as the replica wrote them (not cut into lines, not decoded). While following, an empty chunk
+    comes at least every second when nothing is written, so a stream with nothing to say is still seen alive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015

@@ -69,6 +69,11 @@ class AgentServiceStub:
                 request_serializer=fleetd_dot_transport_dot_agent__service__pb2.EstimateRequest.SerializeToString,
                 response_deserializer=fleetd_dot_transport_dot_agent__service__pb2.EstimateReply.FromString,
                 _registered_method=True)
+        self.ReplicaLogs = channel.unary_stream(
+                '/fleetd.agent.v1.AgentService/ReplicaLogs',
+                request_serializer=fleetd_dot_transport_dot_agent__service__pb2.ReplicaLogsRequest.SerializeToString,
+                response_deserializer=fleetd_dot_transport_dot_agent__service__pb2.LogChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -121,6 +126,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplicaLogs(self, request, context):
+        """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
+        next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +171,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Estimate,
                     request_deserializer=fleetd_dot_transport_dot_agent__service__pb2.EstimateRequest.FromString,
                     response_serializer=fleetd_dot_transport_dot_agent__service__pb2.EstimateReply.SerializeToString,
+            ),
+            'ReplicaLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplicaLogs,
+                    request_deserializer=fleetd_dot_transport_dot_agent__service__pb2.ReplicaLogsRequest.FromString,
+                    response_serializer=fleetd_dot_transport_dot_agent__service__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +367,33 @@ class AgentService:
             '/fleetd.agent.v1.AgentService/Estimate',
             fleetd_dot_transport_dot_agent__service__pb2.EstimateRequest.SerializeToString,
             fleetd_dot_transport_dot_agent__service__pb2.EstimateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetd.agent.v1.AgentService/ReplicaLogs',
+            fleetd_dot_transport_dot_agent__service__pb2.ReplicaLogsRequest.SerializeToString,
+            fleetd_dot_transport_dot_agent__service__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class AgentServiceStub:
     Health: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.HealthRequest, _agent_service_pb2.NodeReport]
     Estimate: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.EstimateRequest, _agent_service_pb2.EstimateReply]
     """Bytes of accelerator memory an instance's model needs, read from the model file on the node."""
+    ReplicaLogs: _grpc.UnaryStreamMultiCallable[_agent_service_pb2.ReplicaLogsRequest, _agent_service_pb2.LogChunk]
+    """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
+    next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -66,6 +70,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Health: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.HealthRequest, _agent_service_pb2.NodeReport]  # type: ignore[assignment]
     Estimate: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.EstimateRequest, _agent_service_pb2.EstimateReply]  # type: ignore[assignment]
     """Bytes of accelerator memory an instance's model needs, read from the model file on the node."""
+    ReplicaLogs: _aio.UnaryStreamMultiCallable[_agent_service_pb2.ReplicaLogsRequest, _agent_service_pb2.LogChunk]  # type: ignore[assignment]
+    """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
+    next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -121,5 +129,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.EstimateReply, _abc.Awaitable[_agent_service_pb2.EstimateReply]]:
         """Bytes of accelerator memory an instance's model needs, read from the model file on the node."""
+
+    @_abc_1.abstractmethod
+    def ReplicaLogs(
+        self,
+        request: _agent_service_pb2.ReplicaLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_service_pb2.LogChunk], _abc.AsyncIterator[_agent_service_pb2.LogChunk]]:
+        """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
+        next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,9 @@ slack; ``install_backend`` an hour, while HTTP/2 keepalive pings notice a peer t
 before that. gRPC failures become ``AgentError`` with a message naming the node, its address and what to do;
 an agent's refusal of a deposed controller's epoch is ``AgentFenced``.
 
+``replica_logs`` (``fleetd logs``) streams a replica's log: a tail has a deadline; following has none (the
+keepalive pings notice a dead agent) and lasts until the iterator is closed, which cancels the call.
+
 Mutating calls carry the controller's ``CallerFence``. A ``load``/``restart`` also carries the values of the
 instance's ``${env:NAME}`` references, read from this process's environment: they travel only over mutual
 TLS, or in plaintext when both ends chose ``--insecure`` (a plaintext channel reaches only a plaintext agent).
@@ -32,8 +35,10 @@ from fleetd.transport.agent_api import (
     CallerFence,
     InstallResult,
     LaunchRequest,
+    LogStream,
     NodeReport,
     ProgressSink,
+    ReplicaNotFound,
     ReplicaStatus,
 )
 from fleetd.transport.codec import encode
@@ -50,6 +55,8 @@ INSTALL_TIMEOUT_S = 3600.0
 """A backend built from source (llama.cpp: about 12 minutes on two cores) on a slow node."""
 AGENT_STARTUP_SLACK_S = 5.0
 """What the agent waits beyond the startup timeout (``fleetd.agent.local.STARTUP_SLACK_S``)."""
+LOG_TAIL_TIMEOUT_S = 30.0
+"""Reading a replica's last lines (a log is at most a few tens of MiB) over a slow link."""
 ESTIMATE_TTL_S = 60.0
 """How long an estimate is reused: each cycle asks for every ``vram: auto`` instance."""
 KEEPALIVE_MS = 10_000
@@ -184,7 +191,26 @@ class GrpcAgentClient:
             self._estimates[key] = (time.monotonic(), size)
         return size
 
+    def replica_logs(self, instance: str, replica: int, *, tail_lines: int, follow: bool) -> LogStream:
+        """See ``ReplicaLogReader``: the call starts at the first ``next()``, and gRPC failures (the agent
+        unreachable, no such replica there) arrive then as ``AgentError``."""
+        message = pb.ReplicaLogsRequest(
+            node=self._node, instance=instance, replica=replica, tail_lines=tail_lines, follow=follow
+        )
+        return self._log_chunks(message, f"logs of {instance}/{replica}", follow=follow)
+
     # helpers --------------------------------------------------------------------------------------------------
+
+    def _log_chunks(self, message: pb.ReplicaLogsRequest, what: str, *, follow: bool) -> LogStream:
+        timeout = None if follow else LOG_TAIL_TIMEOUT_S
+        call = self._stub.ReplicaLogs(message, timeout=timeout)
+        try:
+            for chunk in call:
+                yield chunk.data
+        except grpc.RpcError as exc:
+            raise self._error(what, timeout or 0.0, exc) from None
+        finally:
+            call.cancel()  # closed early (Ctrl-C, a consumer that has seen enough): the agent stops reading
 
     def _fence_message(self) -> pb.Fence | None:
         fence = self._fence()
@@ -236,10 +262,14 @@ class GrpcAgentClient:
             )
         if code is grpc.StatusCode.PERMISSION_DENIED:
             return AgentFenced(details)
+        if code is grpc.StatusCode.NOT_FOUND:
+            return ReplicaNotFound(details)
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            return AgentError(f"{where}: the agent does not serve {what}: it runs an older fleetd; upgrade it")
         if code in (
             grpc.StatusCode.FAILED_PRECONDITION,
             grpc.StatusCode.INVALID_ARGUMENT,
-            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
         ):
             return AgentError(details)
         return AgentError(f"{where}: {what} failed: {code.name}: {details}")

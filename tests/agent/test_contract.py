@@ -4,12 +4,15 @@ It runs against the in-process ``LocalAgent`` (real processes: the fake backend 
 installed as a binary backend, so the suite runs in seconds), against the executor tests' ``FakeAgent`` (its
 "processes" are pids it tracks), and against ``GrpcAgentClient`` talking real gRPC to a real ``fleetd agent``
 process on loopback. ``alive(pid)`` asks each implementation's own notion of a running process: the OS for the
-local and remote agents, the fake's process table for the fake.
+local and remote agents, the fake's process table for the fake. ``say(status, text)`` makes a replica write a
+line to its output: a request to the fake backend (which logs each request it gets), or the fake's own knob.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,16 @@ from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.tools.tiny_gguf import write_tiny_model
-from fleetd.transport.agent_api import AgentClient, AgentError, CallerFence, LaunchRequest
+from fleetd.transport.agent_api import (
+    AgentClient,
+    AgentError,
+    CallerFence,
+    LaunchRequest,
+    LogStream,
+    ReplicaLogReader,
+    ReplicaNotFound,
+    ReplicaStatus,
+)
 from fleetd.transport.grpc_client import GrpcAgentClient
 from fleetd.transport.security import INSECURE
 from tests.agent.remote import agent_process
@@ -59,13 +71,19 @@ def tiny_model(tmp_path: Path) -> Path:
 class Subject:
     agent: AgentClient
     alive: Callable[[int], bool]
+    logs: ReplicaLogReader
+    say: Callable[[ReplicaStatus, str], None]
 
 
 @pytest.fixture(params=["local", "fake", "grpc"])
 def subject(request: pytest.FixtureRequest, tmp_path: Path, tiny_model: Path) -> Iterator[Subject]:
     if request.param == "fake":
         fake = FakeAgent("node-1", CallLog(), models={str(tiny_model): TINY_MODEL_ESTIMATE})
-        yield Subject(fake, lambda pid: pid in fake.processes)
+
+        def write(status: ReplicaStatus, text: str) -> None:
+            fake.write_output(status.instance, status.replica, f"{text}\n".encode())
+
+        yield Subject(fake, lambda pid: pid in fake.processes, fake, write)
         return
     if request.param == "grpc":
         yield from _remote_subject(tmp_path)
@@ -73,7 +91,7 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path, tiny_model: Path) ->
     local = LocalAgent("node-1", tmp_path / "state", stable_after_s=1.0)
     local.start()
     try:
-        yield Subject(local, _alive)
+        yield Subject(local, _alive, local, _request)
     finally:
         local.close(stop_replicas=True)
 
@@ -164,11 +182,57 @@ def test_estimate_of_a_model_not_on_the_node_names_it(
         agent.estimate(missing)
 
 
+def test_replica_logs_give_the_last_lines_then_follow_what_is_written_next(
+    subject: Subject, agent: AgentClient, desired: DesiredState
+) -> None:
+    backend = desired.backend("fake")
+    assert backend is not None
+    agent.install_backend(backend)
+    status = agent.load(launch(desired))
+    subject.say(status, "marker-one")
+    tail = b"".join(subject.logs.replica_logs("chat", 0, tail_lines=50, follow=False))
+    assert b"marker-one" in tail
+    assert 0 < tail.count(b"\n") <= 50
+    assert b"".join(subject.logs.replica_logs("chat", 0, tail_lines=0, follow=False)) == b""
+
+    follower = subject.logs.replica_logs("chat", 0, tail_lines=0, follow=True)
+    try:
+        next(follower)  # the first chunk (new output, or an empty one): the follower has its place in the log
+        subject.say(status, "marker-two")
+        assert b"marker-one" not in read_until(follower, b"marker-two")
+    finally:
+        follower.close()
+
+
+def test_replica_logs_of_a_replica_the_node_does_not_have_name_it(subject: Subject) -> None:
+    with pytest.raises(ReplicaNotFound, match=r"^node node-1 has no replica chat/3$"):
+        b"".join(subject.logs.replica_logs("chat", 3, tail_lines=10, follow=False))
+    with pytest.raises(ReplicaNotFound, match=r"has no replica \.\./chat/0"):
+        b"".join(subject.logs.replica_logs("../chat", 0, tail_lines=10, follow=False))
+
+
+def read_until(chunks: LogStream, marker: bytes, timeout_s: float = 20.0) -> bytes:
+    """Chunks until ``marker`` has come; every implementation yields at least every second or so, so the
+    deadline is checked even when nothing comes."""
+    deadline, seen = time.monotonic() + timeout_s, b""
+    while marker not in seen:
+        assert time.monotonic() < deadline, f"{marker!r} did not come within {timeout_s} s; got {seen[-500:]!r}"
+        seen += next(chunks)
+    return seen
+
+
+def _request(status: ReplicaStatus, text: str) -> None:
+    """Make the fake backend write a line to its output: it logs every request it gets, path and query."""
+    assert status.address is not None
+    with urllib.request.urlopen(f"http://{status.address}/v1/models?{text}", timeout=10) as response:
+        assert response.status == 200
+
+
 def _remote_subject(tmp_path: Path) -> Iterator[Subject]:
     remote = agent_process("node-1", tmp_path / "agents").start()
     client = GrpcAgentClient("node-1", remote.address, INSECURE, fence=lambda: CallerFence(1, "contract"))
     try:
-        yield Subject(client, _alive)
+        yield Subject(client, _alive, client, _request)
     finally:
         for replica in client.list_replicas():
             client.unload(replica.instance, replica.replica, grace_s=5)

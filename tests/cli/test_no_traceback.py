@@ -17,6 +17,7 @@ COMMANDS = [
     ("node", "list"),
     ("node", "token", "create"),
     ("replica", "restart", "chat", "--manifest", "{manifest}"),
+    ("logs", "chat"),
     ("serve", "{manifest}", "--http", "off"),
 ]
 

@@ -3,6 +3,8 @@
 It keeps its replicas in a dict (a load of a replica it already runs with the same config hash returns it,
 an unload of one it does not know returns ``False``), can be told to fail a call (``fail``), to report a
 started replica in another state (``start_as``), and to hold calls until the test releases them (``hold``).
+A replica's output is what the test writes for it (``write_output``); ``replica_logs`` reads it as the real
+agents read a log file.
 Every call is written to a ``CallLog`` shared by the fakes of one test, with start and end ticks from one
 counter, so tests can check order across nodes; the log also counts calls in progress per node.
 """
@@ -15,19 +17,24 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from fleetd.agent.log_reading import split_lines
 from fleetd.core.desired import BackendSpec, InstallKind, InstanceSpec
 from fleetd.core.observed import ReplicaState
 from fleetd.transport.agent_api import (
     AgentError,
     InstallResult,
     LaunchRequest,
+    LogStream,
     NodeReport,
     ProgressSink,
+    ReplicaNotFound,
     ReplicaStatus,
 )
 
 HOLD_LIMIT_S = 30.0
 """A held call that nobody releases fails after this long, so a broken test fails instead of hanging."""
+QUIET_S = 0.05
+"""How long a follower of a replica's output waits for more before it yields an empty chunk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +103,11 @@ class FakeAgent:
     models: dict[str, int] = field(default_factory=dict)
     """Model path -> the bytes ``estimate`` answers; a model not listed is not on this node."""
     total_vram: int = 80 * 1024**3
+    outputs: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    """What each replica "wrote" (``write_output``); kept after an unload, as a log file is."""
     _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(4000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _written: threading.Condition = field(default_factory=threading.Condition)
 
     # knobs
     def fail(self, method: str, target: str = "*", message: str = "it broke") -> None:
@@ -110,6 +120,12 @@ class FakeAgent:
 
     def start_as(self, target: str, state: ReplicaState) -> None:
         self.start_states[target] = state
+
+    def write_output(self, instance: str, replica: int, data: bytes) -> None:
+        """The replica prints ``data``."""
+        with self._written:
+            self.outputs[(instance, replica)] = self.outputs.get((instance, replica), b"") + data
+            self._written.notify_all()
 
     # the protocol
     @property
@@ -189,7 +205,28 @@ class FakeAgent:
             )
         return found
 
+    def replica_logs(self, instance: str, replica: int, *, tail_lines: int, follow: bool) -> LogStream:
+        key = (instance, replica)
+        with self._lock, self._written:
+            if key not in self.replicas and key not in self.outputs:
+                raise ReplicaNotFound(f"node {self.name} has no replica {instance}/{replica}")
+        return self._output(key, tail_lines, follow)
+
     # internals
+    def _output(self, key: tuple[str, int], tail_lines: int, follow: bool) -> LogStream:
+        with self._written:
+            data = self.outputs.get(key, b"")
+        if tail_lines > 0 and data:
+            yield b"".join(split_lines(data)[-tail_lines:])
+        offset = len(data)
+        while follow:
+            with self._written:
+                if len(self.outputs.get(key, b"")) <= offset:
+                    self._written.wait(QUIET_S)  # a write notifies; else an empty chunk after QUIET_S
+                data = self.outputs.get(key, b"")
+            yield data[offset:]
+            offset = len(data)
+
     def _begin(self, method: str, target: str, *, backend: str | None = None) -> int:
         started = self.log.begin(self.name)
         try:

@@ -119,3 +119,20 @@ def test_the_migration_keeps_rows_and_leaves_their_time_unknown(empty_engine: En
     downgrade(empty_engine, "0003")
     with empty_engine.connect() as conn:
         assert conn.execute(select(replicas_table.c.instance)).scalars().all() == ["chat"]
+
+
+def test_places_name_each_replicas_node_and_its_agents_address(engine: Engine, clock: ManualClock) -> None:
+    """What ``fleetd logs`` reads: a node without an address is a controller machine's in-process agent."""
+    with engine.begin() as conn:
+        nodes.register(conn, "local", NodeFacts(), now_ms=clock())
+        nodes.register(conn, "gpu-a", NodeFacts(), now_ms=clock(), address="10.0.0.5:7443")
+        for node, index in (("gpu-a", 1), ("local", 0), ("gpu-a", 0)):
+            replicas.upsert(conn, ReplicaRecord("chat", node, index, ReplicaState.RUNNING), now_ms=clock())
+        replicas.upsert(conn, ReplicaRecord("other", "local", 0, ReplicaState.RUNNING), now_ms=clock())
+    with read_only(engine) as conn:
+        assert replicas.places(conn, "chat") == (
+            replicas.ReplicaPlace("chat", 0, "gpu-a", "10.0.0.5:7443"),
+            replicas.ReplicaPlace("chat", 0, "local", None),
+            replicas.ReplicaPlace("chat", 1, "gpu-a", "10.0.0.5:7443"),
+        )
+        assert replicas.places(conn, "nope") == ()

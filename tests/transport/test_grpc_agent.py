@@ -1,5 +1,6 @@
 """``GrpcAgentClient`` against a real ``fleetd agent`` process: fencing at the agent, the node's identity,
-deadlines on a dead or hung node, and secrets that reach the replica without touching disk or logs.
+deadlines on a dead or hung node, secrets that reach the replica without touching disk or logs, and the bound
+on followed log streams (``fleetd logs -f``).
 
 What every ``AgentClient`` must do is ``tests/agent/test_contract.py`` (which runs over gRPC too); this file is
 what only the remote path has.
@@ -16,14 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fleetd.agent.service import MAX_FOLLOWERS
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
-from fleetd.transport.agent_api import AgentError, AgentFenced, CallerFence, LaunchRequest
+from fleetd.transport.agent_api import AgentError, AgentFenced, CallerFence, LaunchRequest, LogStream
 from fleetd.transport.grpc_client import GrpcAgentClient
 from fleetd.transport.security import INSECURE
 from tests.agent.remote import AgentProcess, agent_process
-from tests.agent.support import fake_backend_executable, fake_manifest
+from tests.agent.support import fake_backend_executable, fake_manifest, wait_for
 
 INSTANCES = """\
   chat:
@@ -158,3 +160,39 @@ def test_without_the_value_the_replica_fails_naming_the_variable(
     status = controller.load(launch(desired))
     assert status.state is ReplicaState.FAILED
     assert status.last_error is not None and "FLEETD_TEST_CHAT_TOKEN" in status.last_error
+
+
+def test_log_followers_are_bounded_and_a_cancelled_one_frees_its_place(
+    remote: AgentProcess, desired: DesiredState
+) -> None:
+    """A follower holds a server thread: past ``MAX_FOLLOWERS`` the agent refuses one, and closing a follower
+    cancels its call, which the agent notices at its next poll of the file."""
+    reader = client(remote.address, 1)
+    backend = desired.backend("fake")
+    assert backend is not None
+    reader.install_backend(backend)
+    assert reader.load(launch(desired)).state is ReplicaState.RUNNING
+    followers = [reader.replica_logs("chat", 0, tail_lines=1, follow=True) for _ in range(MAX_FOLLOWERS)]
+    for follower in followers:
+        assert next(follower)  # the last line: this follower runs on the agent
+    with pytest.raises(AgentError, match=rf"node node-1 already streams {MAX_FOLLOWERS} followed logs"):
+        next(reader.replica_logs("chat", 0, tail_lines=1, follow=True))
+    assert b"".join(reader.replica_logs("chat", 0, tail_lines=1, follow=False))  # a tail is never refused
+    followers.pop().close()
+
+    def another() -> LogStream | None:
+        follower = reader.replica_logs("chat", 0, tail_lines=1, follow=True)
+        try:
+            next(follower)
+        except AgentError:
+            return None
+        return follower
+
+    followers.append(wait_for(another, timeout_s=10, what="the cancelled follower's place to be free"))
+    for follower in followers:
+        follower.close()
+
+
+def test_logs_asked_of_the_wrong_node_are_refused(remote: AgentProcess) -> None:
+    with pytest.raises(AgentError, match="this agent is node node-1, not node-2"):
+        next(client(remote.address, None, node="node-2").replica_logs("chat", 0, tail_lines=1, follow=False))
