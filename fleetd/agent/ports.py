@@ -121,7 +121,10 @@ class PortAllocator:
 
 
 def is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now. With ``SO_REUSEADDR``, as servers bind (llama-server,
+    Python's HTTP servers): the connections a killed replica leaves in TIME_WAIT do not make its port "taken"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

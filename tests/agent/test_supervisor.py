@@ -258,6 +258,8 @@ def test_a_restart_whose_port_was_taken_moves_to_a_free_port(agent: LocalAgent, 
 
 
 def _bound(sock: socket.socket, host: str, port: int) -> bool:
+    """Bind as a server would (``SO_REUSEADDR``: the dead replica's connections may linger in TIME_WAIT)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError:

@@ -158,6 +158,8 @@ def _failed(served: Served) -> dict[str, Any] | None:
 
 
 def _bind(sock: socket.socket, host: str, port: int) -> bool:
+    """Bind as a server would (``SO_REUSEADDR``: the dead replica's connections may linger in TIME_WAIT)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError:
