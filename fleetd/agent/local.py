@@ -12,12 +12,13 @@ the replicas it runs, since nothing measures a declared GPU.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from fleetd.agent.estimates import VramEstimates
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
+from fleetd.agent.model_files import missing_model_paths
 from fleetd.agent.node_facts import DeclaredFacts, declared_report, read_node_facts, read_ram
 from fleetd.agent.ports import PortAllocator, PortsExhausted
 from fleetd.agent.supervisor import Launch, Prober, Supervisor, default_prober
@@ -145,6 +146,9 @@ class LocalAgent:
             return self._estimates.one(spec)
         except EstimateError as exc:
             raise AgentError(f"node {self._node}: cannot estimate the VRAM of {spec.name}: {exc}") from exc
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        return missing_model_paths(paths)
 
     # helpers ------------------------------------------------------------------------------------------------
 

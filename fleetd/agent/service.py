@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, TypeVar
 
 import grpc
@@ -61,6 +61,8 @@ class ServedAgent(Protocol):
     def health(self) -> NodeReport: ...
 
     def estimate(self, spec: InstanceSpec) -> int: ...
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]: ...
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
@@ -134,6 +136,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
             return self._agent.estimate(decode_instance(request.instance_json))
 
         return pb.EstimateReply(bytes=self._serve(context, request.node, "estimate", run))
+
+    def CheckModels(self, request: pb.CheckModelsRequest, context: grpc.ServicerContext) -> pb.CheckModelsReply:
+        def run() -> frozenset[str]:
+            return self._agent.missing_models(request.paths)
+
+        missing = self._serve(context, request.node, "check model files", run)
+        return pb.CheckModelsReply(missing=sorted(missing))
 
     # helpers --------------------------------------------------------------------------------------------------
 

@@ -50,6 +50,8 @@ class AgentServiceStub:
     Health: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.HealthRequest, _agent_service_pb2.NodeReport]
     Estimate: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.EstimateRequest, _agent_service_pb2.EstimateReply]
     """Bytes of accelerator memory an instance's model needs, read from the model file on the node."""
+    CheckModels: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.CheckModelsRequest, _agent_service_pb2.CheckModelsReply]
+    """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -66,6 +68,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Health: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.HealthRequest, _agent_service_pb2.NodeReport]  # type: ignore[assignment]
     Estimate: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.EstimateRequest, _agent_service_pb2.EstimateReply]  # type: ignore[assignment]
     """Bytes of accelerator memory an instance's model needs, read from the model file on the node."""
+    CheckModels: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.CheckModelsRequest, _agent_service_pb2.CheckModelsReply]  # type: ignore[assignment]
+    """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -121,5 +125,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.EstimateReply, _abc.Awaitable[_agent_service_pb2.EstimateReply]]:
         """Bytes of accelerator memory an instance's model needs, read from the model file on the node."""
+
+    @_abc_1.abstractmethod
+    def CheckModels(
+        self,
+        request: _agent_service_pb2.CheckModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.CheckModelsReply, _abc.Awaitable[_agent_service_pb2.CheckModelsReply]]:
+        """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fleetd.core.desired import BackendSpec, InstallKind, InstanceSpec
@@ -188,6 +189,17 @@ class FakeAgent:
                 f"node {self.name}: cannot estimate the VRAM of {spec.name}: {spec.model} is not here"
             )
         return found
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        """The absolute paths not in ``models`` (the model files this node has); logged (target: the paths, comma
+        separated) and failed (``fail("missing_models")``) like the other calls."""
+        asked = tuple(sorted(paths))
+        target = ",".join(asked)
+        started = self._begin("missing_models", target)
+        try:
+            return frozenset(p for p in asked if p.startswith("/") and p not in self.models)
+        finally:
+            self.log.end(self.name, "missing_models", target, started)
 
     # internals
     def _begin(self, method: str, target: str, *, backend: str | None = None) -> int:
