@@ -24,6 +24,7 @@ from fleetd.controlling.opening import (
     FenceSource,
     OpenFleet,
     estimate_readers,
+    local_model_files,
     no_fence,
     open_fleet,
 )
@@ -51,7 +52,8 @@ def plan_fleet(
 ) -> Planned:
     """Plan against ``observed`` (a recorded snapshot) or the registry, starting no agent. On the default
     (embedded) registry, a manifest without ``nodes`` plans on this machine even before the first apply
-    registered it. With ``access`` and remote nodes, their agents estimate ``vram: auto`` (read-only calls).
+    registered it. With ``access`` and remote nodes, their agents estimate ``vram: auto`` and say which model
+    files they lack (read-only calls); this machine's node looks at its own disk (``local_model_files``).
     Raises ``PlanRefused``; a database failure raises ``SQLAlchemyError``; ``SecurityError`` for ``access``."""
     if observed is not None:
         return plan_once(SnapshotFleet(observed), desired, policy=policy, revision=revision)
@@ -60,7 +62,8 @@ def plan_fleet(
     try:
         preview = database_url is None and not desired.nodes_declared
         fleet = RecordedFleet(registry, preview_local_node if preview else _unchanged, readers)
-        return plan_once(fleet, desired, policy=policy, revision=revision)
+        files = {**readers, **local_model_files(desired)}
+        return plan_once(fleet, desired, policy=policy, revision=revision, model_files=files)
     finally:
         registry.engine.dispose()
         for reader in readers.values():

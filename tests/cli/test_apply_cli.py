@@ -33,7 +33,8 @@ HEALTH = "{interval: 100ms, timeout: 500ms, startup_timeout: 20s, failure_thresh
 
 @dataclass(frozen=True)
 class Fleet:
-    """A working directory with a ``fleet.yaml``, a state dir, and a model name no other test uses."""
+    """A working directory with a ``fleet.yaml``, a state dir, and a model path no other test uses (its files
+    under the working directory)."""
 
     root: Path
     state: Path
@@ -56,7 +57,13 @@ class Fleet:
             "instances:\n" + instances
         )
 
-    def instance(self, name: str = "chat", *, extra: str = "", vram: str = "1GiB") -> str:
+    def instance(self, name: str = "chat", *, extra: str = "", vram: str = "1GiB", present: bool = True) -> str:
+        """The instance's YAML; its model file (empty: the fake backend reads none) is made unless not
+        ``present`` (fleetd places a replica only where its model file is)."""
+        model = Path(f"{self.model}-{name}.gguf")
+        if present:
+            model.parent.mkdir(parents=True, exist_ok=True)
+            model.touch()
         return (
             f"  {name}:\n"
             "    backend: fake\n"
@@ -96,7 +103,7 @@ class Fleet:
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     root = tmp_path / "fleet"
     root.mkdir()
-    made = Fleet(root, tmp_path / "state", f"/models/{uuid.uuid4().hex}")
+    made = Fleet(root, tmp_path / "state", str(root / "models" / uuid.uuid4().hex))
     made.write(made.instance())
     try:
         yield made
@@ -234,6 +241,25 @@ def test_an_unschedulable_replica_makes_apply_exit_3(fleet: Fleet) -> None:
     assert "✓ load:small:local:0" in result.stdout
     assert "huge: 1 replica not placed" in result.stdout
     wait_for(lambda: fleet.processes() == 1, timeout_s=10, what="the small replica only")
+
+
+def test_plan_and_apply_name_a_model_file_missing_on_this_machine(fleet: Fleet) -> None:
+    """Checks before runtime: the local node's agent looks for the model file before a replica is placed."""
+    fleet.write(fleet.instance() + fleet.instance("ghost", present=False))
+    planned = fleet.run("plan")
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    lines = planned.stdout.splitlines()
+    assert "  + load chat on local (replica 0): scale_up, vram 1GiB" in lines
+    assert "  ghost: 1 replica not placed — 1 node: model file not found there" in lines
+    assert f"  ghost: model {fleet.model}-ghost.gguf not found on node local" in lines
+    applied = fleet.run("apply", "--auto-approve")
+    assert applied.returncode == 3, applied.stdout + applied.stderr
+    assert "✓ load:chat:local:0" in applied.stdout and "load:ghost" not in applied.stdout
+    assert f"ghost: model {fleet.model}-ghost.gguf not found on node local" in applied.stdout
+    wait_for(lambda: fleet.processes() == 1, timeout_s=10, what="the chat replica only")
+    fleet.instance("ghost")  # the file arrives: the next plan places the replica
+    again = fleet.run("plan")
+    assert "  + load ghost on local (replica 0): scale_up, vram 1GiB" in again.stdout.splitlines(), again.stdout
 
 
 def test_on_a_terminal_apply_asks_and_a_no_changes_nothing(fleet: Fleet) -> None:
