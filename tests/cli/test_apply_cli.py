@@ -13,6 +13,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -205,14 +206,21 @@ def test_a_saved_plan_cannot_be_narrowed_with_target(fleet: Fleet) -> None:
 
 def test_apply_waits_for_the_controller_lease_and_names_its_holder(fleet: Fleet) -> None:
     registry = open_registry(fleet.database_url)
+    holder = "apply:ci-runner-7:4711"  # another `fleetd apply`, as its holder id records it
     try:
-        epoch = registry.acquire_lease("controller", "ci-job-4711", ttl_ms=120_000)
+        epoch = registry.acquire_lease("controller", holder, ttl_ms=120_000)
         assert epoch is not None
         blocked = fleet.run("apply", "--auto-approve", "--lock-timeout", "1s")
         assert blocked.returncode == 1
-        assert "another fleetd (ci-job-4711) is applying; its lease expires in" in blocked.stderr
+        who = f"fleetd apply (pid 4711 on ci-runner-7, lease epoch {epoch})"
+        assert blocked.stderr.startswith(f"Waiting up to 1 s for the controller lease, held by {who}...\n")
+        last = blocked.stderr.splitlines()[-1]
+        assert last.startswith(f"error: {who} holds the controller lease and is applying; the lease runs out in ")
+        assert last.endswith(
+            " s unless it is renewed; try again when it is done, or wait longer with --lock-timeout"
+        )
         assert fleet.processes() == 0
-        assert registry.release_lease("controller", "ci-job-4711", epoch)
+        assert registry.release_lease("controller", holder, epoch)
         applied = fleet.run("apply", "--auto-approve", "--lock-timeout", "1s")
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert registry.acquire_lease("controller", "next-holder", ttl_ms=1_000) is not None, (
@@ -220,6 +228,39 @@ def test_apply_waits_for_the_controller_lease_and_names_its_holder(fleet: Fleet)
         )
     finally:
         registry.engine.dispose()
+
+
+def test_apply_while_a_serve_leads_stops_at_once_and_says_how_to_proceed(fleet: Fleet) -> None:
+    """A ``serve`` keeps the lease while it runs: waiting for it is pointless, and it is not "applying"."""
+    registry = open_registry(fleet.database_url)
+    try:
+        epoch = registry.acquire_lease("controller", "serve:gpu-box:1234", ttl_ms=120_000)
+        assert epoch is not None
+        started = time.monotonic()
+        blocked = fleet.run("apply", "--auto-approve", "--lock-timeout", "5m")
+        assert time.monotonic() - started < 60, "apply waited for a serve's lease"
+        assert (blocked.returncode, blocked.stdout) == (1, "")
+        assert blocked.stderr == (
+            f"error: fleetd serve (pid 1234 on gpu-box, lease epoch {epoch}) leads this fleet and applies the "
+            "manifest itself: commit or edit the manifest it watches, or stop it to apply by hand\n"
+        )
+        assert fleet.processes() == 0
+        assert registry.release_lease("controller", "serve:gpu-box:1234", epoch)
+    finally:
+        registry.engine.dispose()
+
+
+def test_a_lease_holder_is_named_as_its_id_records_it() -> None:
+    assert locking.describe_holder("serve:host-a:1234", 7) == "fleetd serve (pid 1234 on host-a, lease epoch 7)"
+    assert locking.describe_holder("replica-restart:gpu.lan:9") == "fleetd replica-restart (pid 9 on gpu.lan)"
+    assert locking.describe_holder("ci-job-4711", 3) == "ci-job-4711 (lease epoch 3)"
+    assert locking.describe_holder("serve:no-pid") == "serve:no-pid"
+    status = str(locking.LockBusy("controller", "status:gpu-box:77", 9_500, 4))
+    assert status == (
+        "fleetd status (pid 77 on gpu-box, lease epoch 4) holds the controller lease and is reading the fleet's "
+        "status; the lease runs out in 10 s unless it is renewed"
+    )
+    assert "is applying" not in str(locking.LockBusy("controller", "serve:gpu-box:1", 30_000, 2))
 
 
 def test_target_applies_only_that_instance(fleet: Fleet) -> None:
@@ -289,7 +330,9 @@ def test_the_controller_lease_is_renewed_while_held_and_released_after(tmp_path:
         held = locking.acquire(registry, "apply:first", timeout_s=0, ttl_ms=600)
         first = expires()
         with locking.renewed(registry, held):
-            with pytest.raises(locking.LockBusy, match=r"another fleetd \(apply:first\) is applying"):
+            with pytest.raises(
+                locking.LockBusy, match=r"^apply:first \(lease epoch \d+\) holds the controller lease;"
+            ):
                 locking.acquire(registry, "apply:second", timeout_s=0)
             wait_for(lambda: expires() > first, timeout_s=10, what="a renewal")
             assert not held.lost.is_set()

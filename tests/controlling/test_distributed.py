@@ -85,6 +85,9 @@ class Quiet:
     def progress(self, event: InstallProgress) -> None:
         return None
 
+    def waiting(self, holder: str, timeout_s: float) -> None:
+        return None
+
 
 @dataclass
 class Cluster:
