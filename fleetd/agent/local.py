@@ -12,13 +12,14 @@ the replicas it runs, since nothing measures a declared GPU.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from fleetd.agent.estimates import VramEstimates
 from fleetd.agent.installing import install_backend, installed_backends, installed_executable
 from fleetd.agent.log_reading import read_log, rotated_path
+from fleetd.agent.model_files import missing_model_paths
 from fleetd.agent.node_facts import DeclaredFacts, declared_report, read_node_facts, read_ram
 from fleetd.agent.port_moves import port_slots
 from fleetd.agent.ports import PortAllocator, PortsExhausted
@@ -163,6 +164,9 @@ class LocalAgent:
         if self._supervisor.get(instance, replica) is None and not (log.exists() or rotated_path(log).exists()):
             raise missing
         return read_log(log, tail=tail_lines, follow=follow)
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        return missing_model_paths(paths)
 
     # helpers ------------------------------------------------------------------------------------------------
 

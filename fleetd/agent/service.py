@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, TypeVar
 
 import grpc
@@ -76,6 +76,8 @@ class ServedAgent(Protocol):
     def estimate(self, spec: InstanceSpec) -> int: ...
 
     def replica_logs(self, instance: str, replica: int, *, tail_lines: int, follow: bool) -> LogStream: ...
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]: ...
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
@@ -176,6 +178,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
             context.abort(grpc.StatusCode.INTERNAL, f"node {self._agent.node}: cannot {what}: {exc}")
         finally:
             stream.close()
+
+    def CheckModels(self, request: pb.CheckModelsRequest, context: grpc.ServicerContext) -> pb.CheckModelsReply:
+        def run() -> frozenset[str]:
+            return self._agent.missing_models(request.paths)
+
+        missing = self._serve(context, request.node, "check model files", run)
+        return pb.CheckModelsReply(missing=sorted(missing))
 
     # helpers --------------------------------------------------------------------------------------------------
 

@@ -56,7 +56,11 @@ def apply_command(
     ] = False,
     lock_timeout: Annotated[
         str,
-        typer.Option("--lock-timeout", help="How long to wait for another fleetd's apply to finish."),
+        typer.Option(
+            "--lock-timeout",
+            help="How long to wait for another fleetd's apply to finish (a running `fleetd serve` keeps the "
+            "lease: apply then stops at once and says so).",
+        ),
     ] = DEFAULT_LOCK_TIMEOUT,
     database_url: DatabaseUrl = None,
     tls_cert: TlsCert = None,
@@ -139,6 +143,9 @@ class _Printer:
     def progress(self, event: InstallProgress) -> None:
         """A backend install's progress, as it runs (pip's output; a source build is quiet for minutes)."""
         out(f"    {event.backend} {event.step}: {' '.join(event.message.split())}\n")
+
+    def waiting(self, holder: str, timeout_s: float) -> None:
+        sys.stderr.write(f"Waiting up to {timeout_s:g} s for the controller lease, held by {holder}...\n")
 
     def finish(self, result: ApplyResult) -> int:
         """Print the end of the apply; returns the exit code."""

@@ -8,17 +8,19 @@ the fleet is in sync; the ``serve`` loop runs both on every cycle. Nothing else 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fleetd.controlling.estimating import estimate_vram
 from fleetd.controlling.fleets import Fleet
+from fleetd.controlling.model_checks import plan_checking_models
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ObservedState
 from fleetd.executing import ApplyReport, Fence, apply_plan, save_scheduling
 from fleetd.executing.executor import EventSink
 from fleetd.planning.planner import PlanPolicy, plan
 from fleetd.planning.plans import Plan
-from fleetd.transport.agent_api import ProgressSink
+from fleetd.transport.agent_api import ModelFiles, ProgressSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +54,22 @@ def plan_once(
     revision: str | None = None,
     observed: ObservedState | None = None,
     at_ms: int | None = None,
+    model_files: Mapping[str, ModelFiles] | None = None,
 ) -> Planned:
-    """Observe the fleet (unless ``observed`` is given), ask its agents for ``vram: auto`` estimates, plan.
-    Raises ``PlanRefused`` for a plan the policy does not allow (emptying the fleet)."""
+    """Observe the fleet (unless ``observed`` is given), ask its agents for ``vram: auto`` estimates, plan, and
+    plan again while the nodes the plan loads on lack a model file (``model_checks``). ``model_files``: who is
+    asked about model files (default: the fleet's agents). Raises ``PlanRefused`` for a plan the policy does not
+    allow (emptying the fleet)."""
     seen = fleet.observe() if observed is None else observed
-    result = plan(
-        desired,
-        seen,
-        now_ms=now_ms() if at_ms is None else at_ms,
-        policy=policy or PlanPolicy(),
-        vram_estimates=estimate_vram(desired, fleet.agents),
-        revision=revision,
-    )
+    estimates = estimate_vram(desired, fleet.agents)
+    at = now_ms() if at_ms is None else at_ms
+    chosen = policy or PlanPolicy()
+
+    def make_plan(observed_now: ObservedState) -> Plan:
+        return plan(desired, observed_now, now_ms=at, policy=chosen, vram_estimates=estimates, revision=revision)
+
+    asked = fleet.agents if model_files is None else model_files
+    seen, result = plan_checking_models(make_plan, seen, desired, asked)
     return Planned(seen, result)
 
 

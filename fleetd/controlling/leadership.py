@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ CONTROLLER_LEASE = "controller"
 DEFAULT_TTL_MS = 30_000
 POLL_S = 0.25
 """How often a waiting one-shot command tries the lease again."""
+_ROLE = re.compile(r"^[a-z][a-z-]*$")
 
 
 class LeaseStore(Protocol):
@@ -43,18 +45,44 @@ class LeaseStore(Protocol):
     def release_lease(self, name: str, holder: str, epoch: int) -> bool: ...
 
 
-class LockBusy(Exception):
-    """Another holder kept the lease for the whole wait."""
+_DOING = {
+    "apply": "is applying",
+    "status": "is reading the fleet's status",
+    "replica-restart": "is restarting replicas",
+}
+"""What a one-shot command holding the lease is doing, by the role in its holder id."""
 
-    def __init__(self, name: str, holder: str | None, expires_in_ms: int | None) -> None:
+
+class LockBusy(Exception):
+    """Another holder kept the lease for the whole wait, or is a ``serve``, which keeps it while it runs. The
+    message names the holder as its id records it (role, host, pid) and the lease's epoch, and says what the
+    holder does: only an ``apply`` "is applying"; a ``serve`` leads and applies its own manifest."""
+
+    def __init__(self, name: str, holder: str | None, expires_in_ms: int | None, epoch: int | None = None) -> None:
         self.name = name
         self.holder = holder
         self.expires_in_ms = expires_in_ms
+        self.epoch = epoch
         if holder is None or expires_in_ms is None:
             text = f"the {name!r} lease stayed taken"
+        elif self.serve_leads:
+            text = (
+                f"{describe_holder(holder, epoch)} leads this fleet and applies the manifest itself: commit or "
+                "edit the manifest it watches, or stop it to apply by hand"
+            )
         else:
-            text = f"another fleetd ({holder}) is applying; its lease expires in {_seconds(expires_in_ms)} s"
+            role = parse_holder(holder)
+            doing = _DOING.get(role[0], "") if role is not None else ""
+            text = (
+                f"{describe_holder(holder, epoch)} holds the {name} lease{' and ' + doing if doing else ''}; "
+                f"the lease runs out in {_seconds(expires_in_ms)} s unless it is renewed"
+            )
         super().__init__(text)
+
+    @property
+    def serve_leads(self) -> bool:
+        """The holder is a ``fleetd serve``: it keeps the lease as long as it runs, so waiting is pointless."""
+        return self.holder is not None and holder_role(self.holder) == "serve"
 
 
 @dataclass(frozen=True)
@@ -67,8 +95,33 @@ class HeldLease:
 
 
 def holder_id(role: str) -> str:
-    """``apply:<hostname>:<pid>``: who holds a lease, readable in a "who is applying" message."""
+    """``apply:<hostname>:<pid>``: who holds a lease (``describe_holder`` says it in words)."""
     return f"{role}:{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_holder(holder: str) -> tuple[str, str, int] | None:
+    """(role, host, pid) of a holder id that ``holder_id`` made; ``None`` for any other id."""
+    role, _, rest = holder.partition(":")
+    host, _, pid = rest.rpartition(":")
+    if not _ROLE.match(role) or not host or not pid.isdigit():
+        return None
+    return role, host, int(pid)
+
+
+def holder_role(holder: str) -> str | None:
+    parsed = parse_holder(holder)
+    return parsed[0] if parsed is not None else None
+
+
+def describe_holder(holder: str, epoch: int | None = None) -> str:
+    """``fleetd serve (pid 1234 on host-a, lease epoch 7)`` for ``serve:host-a:1234``; an id that ``holder_id``
+    did not make is shown as it is: ``ci-job-4711 (lease epoch 7)``."""
+    parsed = parse_holder(holder)
+    details = [f"pid {parsed[2]} on {parsed[1]}"] if parsed is not None else []
+    if epoch is not None:
+        details.append(f"lease epoch {epoch}")
+    who = f"fleetd {parsed[0]}" if parsed is not None else holder
+    return f"{who} ({', '.join(details)})" if details else who
 
 
 def _renew(store: LeaseStore, fence: Fence, ttl_ms: int) -> bool | None:
@@ -95,24 +148,27 @@ def acquire(
     timeout_s: float,
     name: str = CONTROLLER_LEASE,
     ttl_ms: int = DEFAULT_TTL_MS,
+    keep_waiting: Callable[[leases.LeaseInfo], bool] | None = None,
 ) -> HeldLease:
-    """Take the lease, trying again until ``timeout_s`` has passed; raises ``LockBusy`` naming the holder."""
+    """Take the lease, trying again until ``timeout_s`` has passed; raises ``LockBusy`` naming the holder.
+    ``keep_waiting`` is told who holds the lease at each try before the deadline and may end the wait at once
+    (``False``), as ``apply`` does for a ``serve``."""
     deadline = time.monotonic() + max(0.0, timeout_s)
     while True:
         epoch = registry.acquire_lease(name, holder, ttl_ms=ttl_ms)
         if epoch is not None:
             return HeldLease(Fence(name, holder, epoch), ttl_ms)
+        with registry.engine.connect() as conn:
+            other = leases.held_by_other(conn, name, holder, now_ms=registry.clock())
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            with registry.engine.connect() as conn:
-                other = leases.held_by_other(conn, name, holder, now_ms=registry.clock())
-            if other is None:  # it expired or was released just now: one more try
-                epoch = registry.acquire_lease(name, holder, ttl_ms=ttl_ms)
-                if epoch is not None:
-                    return HeldLease(Fence(name, holder, epoch), ttl_ms)
-                raise LockBusy(name, None, None)
-            raise LockBusy(name, other.holder, other.expires_ms - registry.clock())
-        time.sleep(min(POLL_S, remaining))  # waiting for another process's lease, not for one of ours
+        if other is not None and (remaining <= 0 or (keep_waiting is not None and not keep_waiting(other))):
+            raise LockBusy(name, other.holder, other.expires_ms - registry.clock(), other.epoch)
+        if other is None and remaining <= 0:  # it expired or was released just now: one more try
+            epoch = registry.acquire_lease(name, holder, ttl_ms=ttl_ms)
+            if epoch is not None:
+                return HeldLease(Fence(name, holder, epoch), ttl_ms)
+            raise LockBusy(name, None, None)
+        time.sleep(min(POLL_S, max(remaining, 0.0)))  # waiting for another process's lease, not for one of ours
 
 
 @contextlib.contextmanager

@@ -2,9 +2,11 @@
 here, under the controller lease where they may act, and run ``plan_once`` / ``apply_once`` / ``status_once``.
 
 Who may act: ``apply`` holds the ``controller`` lease from before the agent starts until the end and hands its
-fencing epoch to the executor. ``status`` takes the lease only if it is free: while another controller holds
-it (a running ``serve``, an apply), it shows the registry as that controller last recorded it, since a second
-agent would supervise the same processes twice (two restarts of one crash). ``plan`` never starts an agent.
+fencing epoch to the executor; it waits for a one-shot command's lease (``--lock-timeout``) and not at all for a
+``serve``'s, which leads and applies its own manifest for as long as it runs. ``status`` takes the lease only if
+it is free: while another controller holds it (a running ``serve``, an apply), it shows the registry as that
+controller last recorded it, since a second agent would supervise the same processes twice (two restarts of one
+crash). ``plan`` never starts an agent.
 The CLI formats what these return and turns it into an exit code; it decides nothing.
 """
 
@@ -24,6 +26,7 @@ from fleetd.controlling.opening import (
     FenceSource,
     OpenFleet,
     estimate_readers,
+    local_model_files,
     no_fence,
     open_fleet,
 )
@@ -36,6 +39,7 @@ from fleetd.planning.planner import PlanPolicy
 from fleetd.planning.plans import Plan, PlanRefused
 from fleetd.planning.targeting import only_targets
 from fleetd.registry.facade import Registry, open_registry
+from fleetd.registry.leases import LeaseInfo
 from fleetd.transport.agent_api import CallerFence, InstallProgress
 from fleetd.transport.security import SecurityError
 
@@ -51,7 +55,8 @@ def plan_fleet(
 ) -> Planned:
     """Plan against ``observed`` (a recorded snapshot) or the registry, starting no agent. On the default
     (embedded) registry, a manifest without ``nodes`` plans on this machine even before the first apply
-    registered it. With ``access`` and remote nodes, their agents estimate ``vram: auto`` (read-only calls).
+    registered it. With ``access`` and remote nodes, their agents estimate ``vram: auto`` and say which model
+    files they lack (read-only calls); this machine's node looks at its own disk (``local_model_files``).
     Raises ``PlanRefused``; a database failure raises ``SQLAlchemyError``; ``SecurityError`` for ``access``."""
     if observed is not None:
         return plan_once(SnapshotFleet(observed), desired, policy=policy, revision=revision)
@@ -60,7 +65,8 @@ def plan_fleet(
     try:
         preview = database_url is None and not desired.nodes_declared
         fleet = RecordedFleet(registry, preview_local_node if preview else _unchanged, readers)
-        return plan_once(fleet, desired, policy=policy, revision=revision)
+        files = {**readers, **local_model_files(desired)}
+        return plan_once(fleet, desired, policy=policy, revision=revision, model_files=files)
     finally:
         registry.engine.dispose()
         for reader in readers.values():
@@ -118,6 +124,11 @@ class ApplyListener(Protocol):
 
     def progress(self, event: InstallProgress) -> None: ...
 
+    def waiting(self, holder: str, timeout_s: float) -> None:
+        """Another fleetd holds the controller lease (``holder``, in words): the apply waits up to
+        ``timeout_s``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyRequest:
@@ -155,9 +166,9 @@ def apply_fleet(request: ApplyRequest, *, database_url: str | None, listener: Ap
     registry = open_registry(database_url)
     try:
         try:
-            lease = leadership.acquire(registry, leadership.holder_id("apply"), timeout_s=request.lock_timeout_s)
+            lease = _take_lease(registry, request.lock_timeout_s, listener)
         except leadership.LockBusy as exc:
-            return ApplyResult(error=str(exc))
+            return ApplyResult(error=_busy_line(exc))
         try:
             with leading_fleet(registry, lease, request.desired, database_url, request.access) as fleet:
                 result = apply_locked(fleet, request, lease, listener)
@@ -166,6 +177,31 @@ def apply_fleet(request: ApplyRequest, *, database_url: str | None, listener: Ap
         return replace(result, lease_lost=lease.lost.is_set())
     finally:
         registry.engine.dispose()
+
+
+def _take_lease(registry: Registry, timeout_s: float, listener: ApplyListener) -> leadership.HeldLease:
+    """The controller lease for an apply: waited for up to ``timeout_s`` while a one-shot command holds it (the
+    listener hears who, once per holder), not at all while a ``serve`` leads: it keeps the lease while it runs."""
+    heard: set[str] = set()
+
+    def keep_waiting(info: LeaseInfo) -> bool:
+        if leadership.holder_role(info.holder) == "serve":
+            return False
+        if info.holder not in heard:
+            heard.add(info.holder)
+            listener.waiting(leadership.describe_holder(info.holder, info.epoch), timeout_s)
+        return True
+
+    return leadership.acquire(
+        registry, leadership.holder_id("apply"), timeout_s=timeout_s, keep_waiting=keep_waiting
+    )
+
+
+def _busy_line(busy: leadership.LockBusy) -> str:
+    """Why the apply did not run, and what to do: one line."""
+    if busy.serve_leads or busy.holder is None:
+        return str(busy)
+    return f"{busy}; try again when it is done, or wait longer with --lock-timeout"
 
 
 def apply_locked(
@@ -226,6 +262,9 @@ class _Silent:
         return None
 
     def progress(self, event: InstallProgress) -> None:
+        return None
+
+    def waiting(self, holder: str, timeout_s: float) -> None:
         return None
 
 

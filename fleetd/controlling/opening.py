@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetd.agent.local import LocalAgent
+from fleetd.agent.model_files import LocalModelFiles
 from fleetd.controlling.distributed import DistributedFleet, Layout, layout_of
-from fleetd.controlling.embedded import EmbeddedFleet, open_embedded
+from fleetd.controlling.embedded import LOCAL_NODE, EmbeddedFleet, open_embedded
 from fleetd.core.desired import DesiredState
 from fleetd.executing.records import heartbeat, node_facts
 from fleetd.registry.agent_reports import record_report
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
-from fleetd.transport.agent_api import CallerFence
+from fleetd.transport.agent_api import CallerFence, ModelFiles
 from fleetd.transport.certificates import CA_CERT, fleet_security
 from fleetd.transport.grpc_client import GrpcAgentClient
 from fleetd.transport.security import Security, SecurityError, TlsFiles, load_security
@@ -118,6 +119,15 @@ def estimate_readers(desired: DesiredState, access: AgentAccess | None) -> dict[
         return {}
     security = access.security()
     return {name: GrpcAgentClient(name, address, security) for name, address in layout.remote}
+
+
+def local_model_files(desired: DesiredState) -> dict[str, ModelFiles]:
+    """This machine's node (the embedded mode's, or the one declared without an address), asked about model
+    files by looking at this machine's disk: ``fleetd plan`` starts no agent, and this node's agent is the one
+    a ``serve`` or ``apply`` on this machine would run in-process."""
+    layout = layout_of(desired)
+    node = layout.local if layout.distributed else LOCAL_NODE
+    return {node: LocalModelFiles(node)} if node is not None else {}
 
 
 def fleet_kind(layout: Layout) -> tuple[bool, str | None]:

@@ -93,8 +93,7 @@ def _requested(marked: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
 
 def _wake(holder: str) -> None:
     """SIGHUP a ``serve`` on this machine (its holder id is ``serve:<host>:<pid>``): it runs a cycle now."""
-    role, _, rest = holder.partition(":")
-    host, _, pid = rest.rpartition(":")
-    if role == "serve" and host == socket.gethostname() and pid.isdigit():
+    parsed = leadership.parse_holder(holder)
+    if parsed is not None and parsed[0] == "serve" and parsed[1] == socket.gethostname():
         with contextlib.suppress(OSError):
-            os.kill(int(pid), signal.SIGHUP)
+            os.kill(parsed[2], signal.SIGHUP)

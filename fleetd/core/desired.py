@@ -155,6 +155,15 @@ class InstanceSpec:
     command_override: tuple[str, ...] | None = None
     environment: tuple[tuple[str, EnvValue], ...] = ()
 
+    @property
+    def model_path(self) -> str | None:
+        """The file (or directory) the instance's replicas load on their node: ``model`` when it is an absolute
+        path and fleetd builds the command. ``None`` for a model repository id or a URL, and with a
+        ``command_override``, whose command may load any other file."""
+        if self.command_override is not None or not self.model.startswith("/"):
+            return None
+        return self.model
+
 
 @dataclass(frozen=True)
 class DesiredState:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
 
@@ -56,6 +56,9 @@ class ObservedNode:
     last_error: str | None = None
     """Why the node's agent did not answer the last observation (``None`` once it answers again); a reading,
     not part of the fingerprint."""
+    missing_models: frozenset[str] = frozenset()
+    """Model paths of the manifest that this node's agent said it does not have. Asked when a plan would load
+    there (``fleetd.controlling.model_checks``); a reading like free VRAM, not part of the fingerprint."""
 
     @property
     def free_vram(self) -> int:
@@ -180,6 +183,18 @@ class ObservedState:
 
     def replicas_of(self, instance: str) -> tuple[ObservedReplica, ...]:
         return self.replicas_by_instance.get(instance, ())
+
+
+def with_missing_models(observed: ObservedState, missing: Mapping[str, frozenset[str]]) -> ObservedState:
+    """``observed`` with each named node's missing model paths added; the same value when none is missing (so
+    its computed fingerprint and indexes are kept)."""
+    if not any(missing.values()):
+        return observed
+    nodes = tuple(
+        replace(n, missing_models=n.missing_models | missing[n.name]) if missing.get(n.name) else n
+        for n in observed.nodes
+    )
+    return replace(observed, nodes=nodes)
 
 
 def _grouped(

@@ -14,8 +14,9 @@ reads (DESIGN.md section 5).
 ```
 
 Writing emits every field; a replica's ``state_since`` (when its state last changed) only when it is known,
-since a registry from before it was kept does not know it. Reading is meant for snapshots written by hand for
-CI as well, so only identities are required (a node's ``name`` and ``status``; a replica's ``instance``,
+since a registry from before it was kept does not know it; a node's ``last_error`` and ``missing_models`` (the
+model paths its agent said it does not have, a plan-time reading) only when there are some. Reading is meant for
+snapshots written by hand for CI as well, so only identities are required (a node's ``name`` and ``status``; a replica's ``instance``,
 ``node``, ``replica`` and ``state``; a record's ``instance``); every other field (``state_since`` included)
 defaults to the ``ObservedNode`` / ``ObservedReplica`` default, and ``scheduling`` may be left out.
 ``approved`` defaults by status: a node only leaves ``registering`` and ``pending`` by being approved, so it
@@ -88,6 +89,7 @@ def observed_document(observed: ObservedState) -> dict[str, Any]:
                 "max_replicas_per_model": n.max_replicas_per_model,
                 "backends": list(n.backends),
                 **({"last_error": n.last_error} if n.last_error is not None else {}),
+                **({"missing_models": sorted(n.missing_models)} if n.missing_models else {}),
             }
             for n in state.nodes
         ],
@@ -178,6 +180,7 @@ def _node(data: Any, path: str) -> ObservedNode:
         backends=tuple(sorted(backends)),
         approved=approved_raw,
         last_error=obj.optional_string("last_error"),
+        missing_models=frozenset(obj.strings("missing_models", [])),
     )
     obj.finish()
     return node

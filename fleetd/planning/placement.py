@@ -34,6 +34,7 @@ class Rejection(enum.StrEnum):
     NOT_ALLOWED = "not_allowed"
     SELECTOR = "selector"
     PLATFORM = "platform"
+    MODEL_MISSING = "model_missing"
     REPLICA_SLOTS = "replica_slots"
     INSUFFICIENT_VRAM = "insufficient_vram"
 
@@ -123,6 +124,13 @@ def _platform(r: Request, n: NodeCapacity) -> bool:
     return r.gpu_vendors is None or n.node.gpu_vendor in r.gpu_vendors
 
 
+def _model_present(r: Request, n: NodeCapacity) -> bool:
+    """The node's agent did not say the instance's model file is missing there (asked only of the nodes a plan
+    would load on; a node not asked counts as having it, and its load reports a missing file)."""
+    missing = n.node.missing_models
+    return not missing or r.instance.model_path not in missing
+
+
 def _slots(r: Request, n: NodeCapacity) -> bool:
     return n.counts.get(r.instance.name, 0) < n.slots
 
@@ -137,10 +145,11 @@ CHECKS: tuple[tuple[Rejection, Check], ...] = (
     (Rejection.NOT_ALLOWED, _allowed),
     (Rejection.SELECTOR, _selector),
     (Rejection.PLATFORM, _platform),
+    (Rejection.MODEL_MISSING, _model_present),
     (Rejection.REPLICA_SLOTS, _slots),
     (Rejection.INSUFFICIENT_VRAM, _fits),
 )
-STATIC_CHECKS = CHECKS[:5]
+STATIC_CHECKS = CHECKS[:6]
 """The checks that do not depend on what earlier placements took."""
 EVICTION_CHECKS = tuple((r, c) for r, c in CHECKS if r is not Rejection.INSUFFICIENT_VRAM)
 """What a node must pass for evictions there to make room: every check but free memory."""
@@ -192,8 +201,9 @@ def score(request: Request, node: NodeCapacity, scorers: Sequence[tuple[float, S
 class Candidates:
     """The nodes of one planning pass, with the work that repeats between placements done once.
 
-    The first five checks (readiness, draining, pins, selector, platform) do not change as the pass places
-    replicas, and instances share few distinct profiles (pins, selector, vendors), so each profile's feasible
+    The first six checks (readiness, draining, pins, selector, platform, model present) do not change as the pass
+    places replicas, and instances share few distinct profiles (pins, selector, vendors, model), so each profile's
+    feasible
     pool and its rejection counts are computed once. The replicas of one instance are placed one after the
     other from the same sample, so the sample's scores are kept and only the nodes changed since (``version``)
     are scored again: one placement costs a pass over ``SAMPLE`` cached entries, not ``SAMPLE`` scorings.
@@ -215,7 +225,7 @@ class Candidates:
     def pool(self, request: Request) -> tuple[list[NodeCapacity], Counter[Rejection]]:
         """Statically feasible nodes (name order) and the static rejections of the others."""
         s = request.instance.scheduling
-        key = (s.nodes, s.node_selector, request.gpu_vendors, request.exclude)
+        key = (s.nodes, s.node_selector, request.gpu_vendors, request.exclude, request.instance.model_path)
         found = self._profiles.get(key)
         if found is None:
             pool: list[NodeCapacity] = []

@@ -15,7 +15,8 @@ from fleetd.core.observed import ObservedReplica
 from fleetd.planning.classify import Classified
 from fleetd.planning.context import Need, Pass
 from fleetd.planning.hysteresis import cooldown_reasons, cooling_down, next_record
-from fleetd.planning.placement import Request, place, rejections
+from fleetd.planning.missing_models import note_missing_model
+from fleetd.planning.placement import Rejection, Request, place, rejections
 from fleetd.planning.plans import (
     Action,
     LoadDetails,
@@ -69,6 +70,8 @@ def place_missing(p: Pass, need: Need, classified: Classified, missing: int, ind
     reasons = tuple(sorted(rejected))
     if unplaced:
         p.draft.add_unschedulable(Unschedulable(name, unplaced, reasons))
+        if any(code == Rejection.MODEL_MISSING.value for code, _ in reasons):
+            note_missing_model(p, need.spec)
     policy = p.inputs.policy.hysteresis
     kept = next_record(
         record, name, failed=unplaced > 0, now_ms=now, capacity=capacity, policy=policy, reasons=reasons

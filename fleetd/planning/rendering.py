@@ -48,6 +48,7 @@ REJECTION_WORDS: dict[str, str] = {
     "not_allowed": "not in the nodes list",
     "selector": "selector",
     "platform": "backend not supported",
+    "model_missing": "model file not found there",
     "cooldown": "cooldown",
     "no_nodes": "no nodes",
 }

@@ -8,7 +8,8 @@ Two steps of the per-instance pipeline:
 - ``replace_failed``: a replica that crash-looped past ``max_restarts`` and has been failed for at least the
   instance's ``restart_max_delay`` is loaded on another node (``replace``, ``from_node``), then unloaded
   (``failed``, depending on that load). When no other node can take it (without evicting anything), it is
-  restarted in place, stopping first (``failed``); when even that does not fit it is reported unschedulable.
+  restarted in place, stopping first (``failed``); when even that does not fit, or the node's agent said the
+  model file is missing there, it is reported unschedulable.
   A failed process holds no memory, so the restart needs the replica's whole size free.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import replace
 from fleetd.core.observed import ObservedReplica
 from fleetd.planning.classify import Classified
 from fleetd.planning.context import Need, Pass
+from fleetd.planning.missing_models import missing_in_place
 from fleetd.planning.placing import ReplicaIndexes, load_replica
 from fleetd.planning.plans import Reason, forget_action, unload_action
 from fleetd.planning.rollout import fit_restart, no_room, plan_restart
@@ -72,6 +74,8 @@ def replace_failed(p: Pass, need: Need, failed: tuple[ObservedReplica, ...], ind
             )
             p.draft.actions.append(unload)
             p.fleet.known(replica.node).give_back(need.spec.name, 0)  # a failed process holds no memory
+            continue
+        if missing_in_place(p, need.spec, replica.node):
             continue
         fit = fit_restart(p, need, replica, surge=False, held=0)
         if fit is None:

@@ -5,7 +5,8 @@ max_unavailable)`` restarts, each batch waiting for the one before (``depends_on
 process beside the old one until it is healthy) when ``rollout.max_surge`` allows and the node has room for
 both, and stops the old process first otherwise; the room it takes is reserved on the node, so placements later
 in the plan cannot take it. A restart that does not fit even with the old process stopped is not planned: the
-replica is reported unschedulable (``insufficient_vram``), so ``fleetd apply`` exits 3 until there is room.
+replica is reported unschedulable (``insufficient_vram``), so ``fleetd apply`` exits 3 until there is room; so is
+one whose node's agent said the model file is missing there (``model_missing``): its old process keeps running.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from fleetd.core.observed import ObservedReplica, ReplicaState
 from fleetd.planning.context import Need, Pass
+from fleetd.planning.missing_models import missing_in_place
 from fleetd.planning.plans import Reason, RestartDetails, RestartStrategy, Unschedulable, restart_action
 
 
@@ -36,6 +38,8 @@ def rollout(p: Pass, need: Need, staying: tuple[ObservedReplica, ...]) -> None:
     previous: tuple[str, ...] = ()
     current: list[str] = []
     for replica in stale:
+        if missing_in_place(p, spec, replica.node):
+            continue
         fit = fit_restart(p, need, replica, surge=spec.rollout.max_surge > 0, held=replica.vram_bytes)
         if fit is None:
             p.draft.add_unschedulable(no_room(spec.name))

@@ -8,7 +8,7 @@ replica that already runs with the same config hash returns its status, ``unload
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -137,6 +137,18 @@ class ReplicaLogReader(Protocol):
         ...
 
 
+class ModelFiles(Protocol):
+    """Which model files one node lacks: every ``AgentClient``, and ``fleetd plan``'s look at its own machine."""
+
+    @property
+    def node(self) -> str: ...
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        """The absolute paths among ``paths`` that do not exist on this node (a repository id or URL is never
+        missing: it is no file). Read-only; raises ``AgentError`` when the node cannot be asked."""
+        ...
+
+
 class AgentClient(Protocol):
     """Commands to the agent of one node."""
 
@@ -172,4 +184,9 @@ class AgentClient(Protocol):
         """Bytes of accelerator memory the instance's model needs on this node (``vram: auto``), estimated
         from the model file here: the controller never opens a model, which a remote node's model never
         allows. Raises ``AgentError`` naming the model when this node cannot read it."""
+        ...
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        """The absolute paths among ``paths`` that do not exist on this node (``ModelFiles``): asked before a
+        plan loads a replica here, so a missing file is reported by the plan instead of by a failed load."""
         ...

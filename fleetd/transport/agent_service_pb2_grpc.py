@@ -74,6 +74,11 @@ class AgentServiceStub:
                 request_serializer=fleetd_dot_transport_dot_agent__service__pb2.ReplicaLogsRequest.SerializeToString,
                 response_deserializer=fleetd_dot_transport_dot_agent__service__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.CheckModels = channel.unary_unary(
+                '/fleetd.agent.v1.AgentService/CheckModels',
+                request_serializer=fleetd_dot_transport_dot_agent__service__pb2.CheckModelsRequest.SerializeToString,
+                response_deserializer=fleetd_dot_transport_dot_agent__service__pb2.CheckModelsReply.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -134,6 +139,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckModels(self, request, context):
+        """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +188,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReplicaLogs,
                     request_deserializer=fleetd_dot_transport_dot_agent__service__pb2.ReplicaLogsRequest.FromString,
                     response_serializer=fleetd_dot_transport_dot_agent__service__pb2.LogChunk.SerializeToString,
+            ),
+            'CheckModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckModels,
+                    request_deserializer=fleetd_dot_transport_dot_agent__service__pb2.CheckModelsRequest.FromString,
+                    response_serializer=fleetd_dot_transport_dot_agent__service__pb2.CheckModelsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +411,33 @@ class AgentService:
             '/fleetd.agent.v1.AgentService/ReplicaLogs',
             fleetd_dot_transport_dot_agent__service__pb2.ReplicaLogsRequest.SerializeToString,
             fleetd_dot_transport_dot_agent__service__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetd.agent.v1.AgentService/CheckModels',
+            fleetd_dot_transport_dot_agent__service__pb2.CheckModelsRequest.SerializeToString,
+            fleetd_dot_transport_dot_agent__service__pb2.CheckModelsReply.FromString,
             options,
             channel_credentials,
             insecure,

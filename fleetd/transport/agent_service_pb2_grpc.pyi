@@ -54,6 +54,8 @@ class AgentServiceStub:
     """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
     next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
     """
+    CheckModels: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.CheckModelsRequest, _agent_service_pb2.CheckModelsReply]
+    """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -74,6 +76,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
     next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
     """
+    CheckModels: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.CheckModelsRequest, _agent_service_pb2.CheckModelsReply]  # type: ignore[assignment]
+    """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -139,5 +143,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """A replica's output (its log file on the node): the last tail_lines lines, then, with follow, what it writes
         next, until the caller cancels. Read-only: no fence. NOT_FOUND when the node has no such replica.
         """
+
+    @_abc_1.abstractmethod
+    def CheckModels(
+        self,
+        request: _agent_service_pb2.CheckModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.CheckModelsReply, _abc.Awaitable[_agent_service_pb2.CheckModelsReply]]:
+        """Which of the given model paths do not exist on the node (read-only, unfenced); asked before placing there."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,10 +1,10 @@
 """``GrpcAgentClient``: the ``AgentClient`` of a remote node, over gRPC to its ``fleetd agent`` (DESIGN.md §3).
 
 Every call has a deadline, so a dead or hung node costs a cycle at most that long and never hangs it: reads
-(``health``, ``list_replicas``, ``estimate``) a few seconds; ``unload`` its grace period more; ``load`` and
-``restart`` the instance's startup timeout scaled by the model's size (what the agent itself waits) plus
-slack; ``install_backend`` an hour, while HTTP/2 keepalive pings notice a peer that stopped answering long
-before that. gRPC failures become ``AgentError`` with a message naming the node, its address and what to do;
+(``health``, ``list_replicas``, ``missing_models``; ``estimate`` longer) a few seconds; ``unload`` its grace
+period more; ``load`` and ``restart`` the instance's startup timeout scaled by the model's size (what the agent
+itself waits) plus slack; ``install_backend`` an hour, while HTTP/2 keepalive pings notice a peer that stopped
+answering long before that. gRPC failures become ``AgentError`` with a message naming the node, its address and what to do;
 an agent's refusal of a deposed controller's epoch is ``AgentFenced``.
 
 ``replica_logs`` (``fleetd logs``) streams a replica's log: a tail has a deadline; following has none (the
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import grpc
@@ -198,6 +198,14 @@ class GrpcAgentClient:
             node=self._node, instance=instance, replica=replica, tail_lines=tail_lines, follow=follow
         )
         return self._log_chunks(message, f"logs of {instance}/{replica}", follow=follow)
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        message = pb.CheckModelsRequest(node=self._node, paths=sorted(set(paths)))
+
+        def run(timeout: float) -> frozenset[str]:
+            return frozenset(self._stub.CheckModels(message, timeout=timeout).missing)
+
+        return self._call("check model files", self._call_timeout_s, run)
 
     # helpers --------------------------------------------------------------------------------------------------
 

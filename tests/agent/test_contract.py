@@ -228,6 +228,14 @@ def _request(status: ReplicaStatus, text: str) -> None:
         assert response.status == 200
 
 
+def test_missing_models_names_the_absent_files_only(agent: AgentClient, tiny_model: Path, tmp_path: Path) -> None:
+    absent = str(tmp_path / "nowhere.gguf")
+    asked = [str(tiny_model), absent, "org/chat-model"]  # a repository id is no file: never missing
+    assert agent.missing_models(asked) == frozenset({absent})
+    assert agent.missing_models([str(tiny_model)]) == frozenset()
+    assert agent.missing_models([]) == frozenset()
+
+
 def _remote_subject(tmp_path: Path) -> Iterator[Subject]:
     remote = agent_process("node-1", tmp_path / "agents").start()
     client = GrpcAgentClient("node-1", remote.address, INSECURE, fence=lambda: CallerFence(1, "contract"))

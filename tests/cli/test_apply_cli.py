@@ -13,6 +13,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ HEALTH = "{interval: 100ms, timeout: 500ms, startup_timeout: 20s, failure_thresh
 
 @dataclass(frozen=True)
 class Fleet:
-    """A working directory with a ``fleet.yaml``, a state dir, and a model name no other test uses."""
+    """A working directory with a ``fleet.yaml``, a state dir, and a model path no other test uses (its files
+    under the working directory)."""
 
     root: Path
     state: Path
@@ -56,7 +58,13 @@ class Fleet:
             "instances:\n" + instances
         )
 
-    def instance(self, name: str = "chat", *, extra: str = "", vram: str = "1GiB") -> str:
+    def instance(self, name: str = "chat", *, extra: str = "", vram: str = "1GiB", present: bool = True) -> str:
+        """The instance's YAML; its model file (empty: the fake backend reads none) is made unless not
+        ``present`` (fleetd places a replica only where its model file is)."""
+        model = Path(f"{self.model}-{name}.gguf")
+        if present:
+            model.parent.mkdir(parents=True, exist_ok=True)
+            model.touch()
         return (
             f"  {name}:\n"
             "    backend: fake\n"
@@ -96,7 +104,7 @@ class Fleet:
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     root = tmp_path / "fleet"
     root.mkdir()
-    made = Fleet(root, tmp_path / "state", f"/models/{uuid.uuid4().hex}")
+    made = Fleet(root, tmp_path / "state", str(root / "models" / uuid.uuid4().hex))
     made.write(made.instance())
     try:
         yield made
@@ -198,14 +206,21 @@ def test_a_saved_plan_cannot_be_narrowed_with_target(fleet: Fleet) -> None:
 
 def test_apply_waits_for_the_controller_lease_and_names_its_holder(fleet: Fleet) -> None:
     registry = open_registry(fleet.database_url)
+    holder = "apply:ci-runner-7:4711"  # another `fleetd apply`, as its holder id records it
     try:
-        epoch = registry.acquire_lease("controller", "ci-job-4711", ttl_ms=120_000)
+        epoch = registry.acquire_lease("controller", holder, ttl_ms=120_000)
         assert epoch is not None
         blocked = fleet.run("apply", "--auto-approve", "--lock-timeout", "1s")
         assert blocked.returncode == 1
-        assert "another fleetd (ci-job-4711) is applying; its lease expires in" in blocked.stderr
+        who = f"fleetd apply (pid 4711 on ci-runner-7, lease epoch {epoch})"
+        assert blocked.stderr.startswith(f"Waiting up to 1 s for the controller lease, held by {who}...\n")
+        last = blocked.stderr.splitlines()[-1]
+        assert last.startswith(f"error: {who} holds the controller lease and is applying; the lease runs out in ")
+        assert last.endswith(
+            " s unless it is renewed; try again when it is done, or wait longer with --lock-timeout"
+        )
         assert fleet.processes() == 0
-        assert registry.release_lease("controller", "ci-job-4711", epoch)
+        assert registry.release_lease("controller", holder, epoch)
         applied = fleet.run("apply", "--auto-approve", "--lock-timeout", "1s")
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert registry.acquire_lease("controller", "next-holder", ttl_ms=1_000) is not None, (
@@ -213,6 +228,39 @@ def test_apply_waits_for_the_controller_lease_and_names_its_holder(fleet: Fleet)
         )
     finally:
         registry.engine.dispose()
+
+
+def test_apply_while_a_serve_leads_stops_at_once_and_says_how_to_proceed(fleet: Fleet) -> None:
+    """A ``serve`` keeps the lease while it runs: waiting for it is pointless, and it is not "applying"."""
+    registry = open_registry(fleet.database_url)
+    try:
+        epoch = registry.acquire_lease("controller", "serve:gpu-box:1234", ttl_ms=120_000)
+        assert epoch is not None
+        started = time.monotonic()
+        blocked = fleet.run("apply", "--auto-approve", "--lock-timeout", "5m")
+        assert time.monotonic() - started < 60, "apply waited for a serve's lease"
+        assert (blocked.returncode, blocked.stdout) == (1, "")
+        assert blocked.stderr == (
+            f"error: fleetd serve (pid 1234 on gpu-box, lease epoch {epoch}) leads this fleet and applies the "
+            "manifest itself: commit or edit the manifest it watches, or stop it to apply by hand\n"
+        )
+        assert fleet.processes() == 0
+        assert registry.release_lease("controller", "serve:gpu-box:1234", epoch)
+    finally:
+        registry.engine.dispose()
+
+
+def test_a_lease_holder_is_named_as_its_id_records_it() -> None:
+    assert locking.describe_holder("serve:host-a:1234", 7) == "fleetd serve (pid 1234 on host-a, lease epoch 7)"
+    assert locking.describe_holder("replica-restart:gpu.lan:9") == "fleetd replica-restart (pid 9 on gpu.lan)"
+    assert locking.describe_holder("ci-job-4711", 3) == "ci-job-4711 (lease epoch 3)"
+    assert locking.describe_holder("serve:no-pid") == "serve:no-pid"
+    status = str(locking.LockBusy("controller", "status:gpu-box:77", 9_500, 4))
+    assert status == (
+        "fleetd status (pid 77 on gpu-box, lease epoch 4) holds the controller lease and is reading the fleet's "
+        "status; the lease runs out in 10 s unless it is renewed"
+    )
+    assert "is applying" not in str(locking.LockBusy("controller", "serve:gpu-box:1", 30_000, 2))
 
 
 def test_target_applies_only_that_instance(fleet: Fleet) -> None:
@@ -234,6 +282,25 @@ def test_an_unschedulable_replica_makes_apply_exit_3(fleet: Fleet) -> None:
     assert "✓ load:small:local:0" in result.stdout
     assert "huge: 1 replica not placed" in result.stdout
     wait_for(lambda: fleet.processes() == 1, timeout_s=10, what="the small replica only")
+
+
+def test_plan_and_apply_name_a_model_file_missing_on_this_machine(fleet: Fleet) -> None:
+    """Checks before runtime: the local node's agent looks for the model file before a replica is placed."""
+    fleet.write(fleet.instance() + fleet.instance("ghost", present=False))
+    planned = fleet.run("plan")
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    lines = planned.stdout.splitlines()
+    assert "  + load chat on local (replica 0): scale_up, vram 1GiB" in lines
+    assert "  ghost: 1 replica not placed — 1 node: model file not found there" in lines
+    assert f"  ghost: model {fleet.model}-ghost.gguf not found on node local" in lines
+    applied = fleet.run("apply", "--auto-approve")
+    assert applied.returncode == 3, applied.stdout + applied.stderr
+    assert "✓ load:chat:local:0" in applied.stdout and "load:ghost" not in applied.stdout
+    assert f"ghost: model {fleet.model}-ghost.gguf not found on node local" in applied.stdout
+    wait_for(lambda: fleet.processes() == 1, timeout_s=10, what="the chat replica only")
+    fleet.instance("ghost")  # the file arrives: the next plan places the replica
+    again = fleet.run("plan")
+    assert "  + load ghost on local (replica 0): scale_up, vram 1GiB" in again.stdout.splitlines(), again.stdout
 
 
 def test_on_a_terminal_apply_asks_and_a_no_changes_nothing(fleet: Fleet) -> None:
@@ -263,7 +330,9 @@ def test_the_controller_lease_is_renewed_while_held_and_released_after(tmp_path:
         held = locking.acquire(registry, "apply:first", timeout_s=0, ttl_ms=600)
         first = expires()
         with locking.renewed(registry, held):
-            with pytest.raises(locking.LockBusy, match=r"another fleetd \(apply:first\) is applying"):
+            with pytest.raises(
+                locking.LockBusy, match=r"^apply:first \(lease epoch \d+\) holds the controller lease;"
+            ):
                 locking.acquire(registry, "apply:second", timeout_s=0)
             wait_for(lambda: expires() > first, timeout_s=10, what="a renewal")
             assert not held.lost.is_set()

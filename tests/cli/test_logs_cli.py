@@ -198,6 +198,9 @@ class Quiet:
     def progress(self, event: InstallProgress) -> None:
         return None
 
+    def waiting(self, holder: str, timeout_s: float) -> None:
+        return None
+
 
 @dataclass(frozen=True)
 class RemoteFleet:

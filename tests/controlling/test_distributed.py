@@ -85,6 +85,9 @@ class Quiet:
     def progress(self, event: InstallProgress) -> None:
         return None
 
+    def waiting(self, holder: str, timeout_s: float) -> None:
+        return None
+
 
 @dataclass
 class Cluster:
@@ -257,3 +260,43 @@ def test_plan_asks_the_nodes_agents_to_estimate_vram_auto(cluster: Cluster, tmp_
     assert {a.details_as(LoadDetails).vram_bytes for a in loads if a.kind is ActionKind.LOAD} <= {estimate}
     blind = plan_fleet(loaded.desired, database_url=cluster.database_url, policy=PlanPolicy(), revision=None)
     assert blind.plan.hash != planned.hash  # without the agents' estimate the plan differs
+
+
+def test_plan_asks_the_node_s_agent_for_the_model_file_and_names_it_when_missing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Checks before runtime over gRPC: ``fleetd plan`` asks the real ``fleetd agent`` of the node it would load
+    on whether the model file is there (``CheckModels``); missing, the replica is not placed and the plan names the
+    path and the node."""
+    from fleetd.controlling.oneshot import plan_fleet
+    from fleetd.planning.planner import PlanPolicy
+    from fleetd.planning.plans import Unschedulable
+
+    present = tmp_path / "present.gguf"
+    present.write_bytes(b"GGUF")
+    absent = tmp_path / "absent.gguf"
+    text = "".join(
+        f"  {name}: {{backend: fake, model: {model}, vram: 1GiB, scheduling: {{nodes: [gpu-a]}}}}\n"
+        for name, model in (("here", present), ("ghost", absent))
+    )
+    nodes = "".join(
+        f"  {name}: {{address: '{agent.address}', labels: {{tier: {LABELS[name]}}}, approved: true}}\n"
+        for name, agent in cluster.agents.items()
+    )
+    loaded = load_manifest_text(
+        f"version: 1\nbackends:\n  fake: {{type: vllm, install: {{binary: {cluster.executable}}}}}\n"
+        f"nodes:\n{nodes}instances:\n{text}"
+    )
+    assert loaded.desired is not None, [d.message for d in loaded.errors]
+    cluster.observe(loaded.desired)  # registers the nodes, starts nothing
+    planned = plan_fleet(
+        loaded.desired, database_url=cluster.database_url, policy=PlanPolicy(), revision=None, access=ACCESS
+    ).plan
+    assert [a.id for a in planned.actions if a.instance is not None] == ["load:here:gpu-a:0"]
+    assert planned.unschedulable == (Unschedulable("ghost", 1, (("model_missing", 1), ("not_allowed", 2))),)
+    assert planned.notes == (f"ghost: model {absent} not found on node gpu-a",)
+    client = GrpcAgentClient("gpu-b", cluster.agents["gpu-b"].address, INSECURE)
+    try:
+        assert client.missing_models([str(present), str(absent), "org/chat-model"]) == frozenset({str(absent)})
+    finally:
+        client.close()

@@ -29,13 +29,22 @@ def fake_llama_executable(directory: Path) -> Path:
     return path
 
 
-def instance(name: str, token: str, *, ctx: int = 1024, models: Path | None = None) -> str:
-    """An instance whose model path carries ``token`` (to find and kill its processes); ``models`` is the
-    directory of real model files (``{token}-{name}.gguf``) when the backend is a real llama-server."""
+def model_file(path: Path) -> Path:
+    """``path``, made an empty file unless it exists: the fake backend reads no model, but fleetd places a
+    replica only on a node where its model file is."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return path
+
+
+def instance(name: str, token: str, *, models: Path, ctx: int = 1024) -> str:
+    """An instance whose model path carries ``token`` (to find and kill its processes): ``{token}-{name}.gguf``
+    in ``models``, an empty file made there unless it exists (real model files for a real llama-server)."""
     return (
         f"  {name}:\n"
         "    backend: fake\n"
-        f"    model: {models or '/models'}/{token}-{name}.gguf\n"
+        f"    model: {model_file(models / f'{token}-{name}.gguf')}\n"
         "    vram: 64MiB\n"
         f"    options: {{ctx_size: {ctx}}}\n"
         "    restart_delay: 100ms\n"
@@ -146,7 +155,8 @@ def one_instance_fleet(directory: Path, mark: str, *, replicas: int, extra: str 
         "version: 1\n"
         f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {fake_llama_executable(directory)}}}}}\n"
         "instances:\n"
-        f"  chat: {{backend: fake, model: /models/{mark}.gguf, vram: 1GiB, scheduling: {{min_replicas: {replicas}}},"
+        f"  chat: {{backend: fake, model: {model_file(directory / 'models' / f'{mark}.gguf')}, vram: 1GiB,"
+        f" scheduling: {{min_replicas: {replicas}}},"
         f"{extra} health: {{interval: 100ms, timeout: 1s, startup_timeout: 30s, failure_threshold: 3}}}}\n"
     )
     return manifest

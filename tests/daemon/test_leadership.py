@@ -43,7 +43,7 @@ def test_one_leader_and_a_takeover_within_the_lease_ttl(tmp_path: Path, database
     token = f"lead-{uuid.uuid4().hex[:10]}"
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(manifest_text(executable, instance("alpha", token)))
+    manifest.write_text(manifest_text(executable, instance("alpha", token, models=tmp_path / "models")))
     state = tmp_path / "state"
     extra = ("--database-url", database.url, "--lease-ttl", f"{TTL_S:g}s")
     first = Served(manifest, state, tmp_path / "first.log", *extra)

@@ -56,14 +56,19 @@ def test_an_invalid_manifest_keeps_the_last_good_desired_state(
     assert (never_good.manifest_errors, never_good.plan, never_good.outcome) == (1, None, "no-manifest")
     assert fleet.agent.list_replicas() == ()
 
-    manifest.write_text(manifest_text(executable, instance("alpha", token)))
+    manifest.write_text(manifest_text(executable, instance("alpha", token, models=tmp_path / "models")))
     loaded = reconciler.cycle(fleet)
     assert loaded.outcome == "ok" and loaded.manifest_errors == 0
     assert [r.instance for r in loaded.observed.replicas] == ["alpha"]
     before = pids(fleet)
 
     manifest.write_text(
-        manifest_text(executable, instance("alpha", token, ctx=4096), instance("beta", token)) + "x: 1\n"
+        manifest_text(
+            executable,
+            instance("alpha", token, ctx=4096, models=tmp_path / "models"),
+            instance("beta", token, models=tmp_path / "models"),
+        )
+        + "x: 1\n"
     )
     broken = reconciler.cycle(fleet)
     assert broken.manifest_errors == 1 and "unknown field 'x'" in broken.error_messages[0]
@@ -76,7 +81,7 @@ def test_an_unchanged_manifest_is_not_parsed_again(tmp_path: Path, fleet: Embedd
     """The same bytes keep the same desired state value (and the same errors); new bytes make a new one."""
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(manifest_text(executable, instance("alpha", token)))
+    manifest.write_text(manifest_text(executable, instance("alpha", token, models=tmp_path / "models")))
     reconciler = Reconciler([manifest])
     reconciler.cycle(fleet)
     first = reconciler.desired
@@ -84,7 +89,9 @@ def test_an_unchanged_manifest_is_not_parsed_again(tmp_path: Path, fleet: Embedd
     reconciler.cycle(fleet)
     assert reconciler.desired is first, "an unchanged manifest was loaded again"
 
-    manifest.write_text(manifest_text(executable, instance("alpha", token)) + "# a comment\n")
+    manifest.write_text(
+        manifest_text(executable, instance("alpha", token, models=tmp_path / "models")) + "# a comment\n"
+    )
     reconciler.cycle(fleet)
     assert reconciler.desired is not first and reconciler.desired == first
 
@@ -97,7 +104,7 @@ def test_an_unchanged_manifest_is_not_parsed_again(tmp_path: Path, fleet: Embedd
 def test_a_refused_plan_is_reported_not_applied(tmp_path: Path, fleet: Embedded, token: str) -> None:
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(manifest_text(executable, instance("alpha", token)))
+    manifest.write_text(manifest_text(executable, instance("alpha", token, models=tmp_path / "models")))
     reconciler = Reconciler([manifest])
     assert reconciler.cycle(fleet).outcome == "ok"
     before = pids(fleet)
@@ -109,7 +116,9 @@ def test_a_refused_plan_is_reported_not_applied(tmp_path: Path, fleet: Embedded,
 
 def test_a_deposed_leaders_cycle_changes_nothing(tmp_path: Path, fleet: Embedded, token: str) -> None:
     manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(manifest_text(fake_llama_executable(tmp_path), instance("alpha", token)))
+    manifest.write_text(
+        manifest_text(fake_llama_executable(tmp_path), instance("alpha", token, models=tmp_path / "models"))
+    )
     registry = fleet.registry
     old = registry.acquire_lease("controller", "ctl-a", ttl_ms=60_000)
     assert old is not None and registry.release_lease("controller", "ctl-a", old)

@@ -44,10 +44,11 @@ def alive(pid: int) -> bool:
 def test_serve_reconciles_manifest_edits_and_self_heals(tmp_path: Path, token: str) -> None:
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(manifest_text(executable, instance("alpha", token)))
+    models = tmp_path / "models"
+    manifest.write_text(manifest_text(executable, instance("alpha", token, models=models)))
     served = Served(manifest, tmp_path / "state", tmp_path / "serve.log")
     try:
-        run_scenario(served, manifest, executable, token)
+        run_scenario(served, manifest, executable, token, models=models)
     finally:
         served.stop()
 
@@ -68,9 +69,7 @@ def test_serve_with_a_real_llama_server(tmp_path: Path, token: str) -> None:
         served.stop()
 
 
-def run_scenario(
-    served: Served, manifest: Path, executable: Path, token: str, *, models: Path | None = None
-) -> None:
+def run_scenario(served: Served, manifest: Path, executable: Path, token: str, *, models: Path) -> None:
     def instance(name: str, token: str, *, ctx: int = 1024) -> str:
         return make_instance(name, token, ctx=ctx, models=models)
 
@@ -145,7 +144,7 @@ def test_a_replica_event_runs_a_cycle_without_waiting_for_the_interval(tmp_path:
     """A replica that crashes for good shows as failed in ``/status`` at once, though the interval is an hour."""
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
-    crashing = make_instance("alpha", token) + (
+    crashing = make_instance("alpha", token, models=tmp_path / "models") + (
         "    max_restarts: 0\n    environment: {FAKE_BACKEND_CRASH_AFTER_MS: '1500'}\n"
     )
     manifest.write_text(manifest_text(executable, crashing))

@@ -16,7 +16,7 @@ import pytest
 from fleetd.transport.security import TlsFiles
 from tests.agent.remote import AgentProcess, agent_process
 from tests.agent.support import processes_with, wait_for
-from tests.daemon.support import Served, fake_llama_executable
+from tests.daemon.support import Served, fake_llama_executable, model_file
 from tests.transport.certs import issue, make_ca
 
 TOKEN = "served-distributed"
@@ -64,7 +64,7 @@ def test_serve_converges_two_remote_nodes_over_mutual_tls(
         + "instances:\n"
         "  chat:\n"
         "    backend: fake\n"
-        f"    model: /models/{TOKEN}.gguf\n"
+        f"    model: {model_file(tmp_path / 'models' / f'{TOKEN}.gguf')}\n"
         "    vram: 6GiB\n"
         "    scheduling: {min_replicas: 2, max_replicas: 2}\n"
         "    health: {interval: 100ms, timeout: 1s, startup_timeout: 20s, failure_threshold: 3}\n"

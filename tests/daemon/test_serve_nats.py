@@ -15,7 +15,7 @@ import psutil
 
 from tests.agent.remote import agent_process
 from tests.agent.support import processes_with, wait_for
-from tests.daemon.support import Served, fake_llama_executable, fleetd_cli, free_port, node_table
+from tests.daemon.support import Served, fake_llama_executable, fleetd_cli, free_port, model_file, node_table
 
 TOKEN_MARK = "served-over-nats"
 
@@ -48,7 +48,8 @@ def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:
             f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {executable}}}}}\n"
             f"nodes:\n  gpu-a: {{address: '{gpu_a.address}'}}\n"
             "instances:\n"
-            f"  chat: {{backend: fake, model: /models/{TOKEN_MARK}.gguf, vram: 1GiB,"
+            f"  chat: {{backend: fake, model: {model_file(tmp_path / 'models' / f'{TOKEN_MARK}.gguf')},"
+            " vram: 1GiB,"
             " health: {interval: 100ms, timeout: 1s, startup_timeout: 20s, failure_threshold: 3}}\n"
         )
         served = Served(

@@ -25,7 +25,7 @@ from fleetd.transport.grpc_client import GrpcAgentClient
 from fleetd.transport.security import INSECURE, Security, TlsMaterial
 from tests.agent.remote import AgentProcess, agent_process
 from tests.agent.support import processes_with, wait_for
-from tests.daemon.support import Served, fake_llama_executable, free_port
+from tests.daemon.support import Served, fake_llama_executable, free_port, model_file
 
 MARK = "served-with-bootstrapped-tls"
 
@@ -49,7 +49,7 @@ def write_manifest(path: Path, executable: Path, address: str) -> None:
         f"backends:\n  fake: {{type: llama_cpp, install: {{binary: {executable}}}}}\n"
         f"nodes:\n  gpu-a: {{address: '{address}'}}\n"
         "instances:\n"
-        f"  chat: {{backend: fake, model: /models/{MARK}.gguf, vram: 1GiB,"
+        f"  chat: {{backend: fake, model: {model_file(path.parent / 'models' / f'{MARK}.gguf')}, vram: 1GiB,"
         " health: {interval: 100ms, timeout: 1s, startup_timeout: 20s, failure_threshold: 3}}\n"
     )
 

@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fleetd.agent.log_reading import split_lines
@@ -211,6 +212,17 @@ class FakeAgent:
             if key not in self.replicas and key not in self.outputs:
                 raise ReplicaNotFound(f"node {self.name} has no replica {instance}/{replica}")
         return self._output(key, tail_lines, follow)
+
+    def missing_models(self, paths: Iterable[str]) -> frozenset[str]:
+        """The absolute paths not in ``models`` (the model files this node has); logged (target: the paths, comma
+        separated) and failed (``fail("missing_models")``) like the other calls."""
+        asked = tuple(sorted(paths))
+        target = ",".join(asked)
+        started = self._begin("missing_models", target)
+        try:
+            return frozenset(p for p in asked if p.startswith("/") and p not in self.models)
+        finally:
+            self.log.end(self.name, "missing_models", target, started)
 
     # internals
     def _output(self, key: tuple[str, int], tail_lines: int, follow: bool) -> LogStream:

@@ -116,16 +116,19 @@ def mixed_plan() -> Plan:
 
 
 def unschedulable_only_plan() -> Plan:
-    """Nothing to do, but replicas that cannot be placed (including an empty fleet)."""
+    """Nothing to do, but replicas that cannot be placed (including an empty fleet, and a model file that the
+    only node allowed lacks, with the note that names it)."""
     return Plan(
         actions=(),
         unschedulable=(
             Unschedulable("big", 2, (("insufficient_vram", 3),)),
+            Unschedulable("chat", 1, (("model_missing", 1), ("not_allowed", 2))),
             Unschedulable("tiny", 1, (("no_nodes", 0),)),
         ),
         desired_digest=DESIRED,
         observed_fingerprint=OBSERVED,
         created_at=CREATED,
+        notes=("chat: model /models/chat.gguf not found on node gpu-a",),
     )
 
 

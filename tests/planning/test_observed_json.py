@@ -17,6 +17,7 @@ from fleetd.core.observed import (
     ObservedState,
     ReplicaState,
     SchedulingRecord,
+    with_missing_models,
 )
 from fleetd.planning.observed_json import (
     SnapshotError,
@@ -140,6 +141,19 @@ def test_state_since_is_written_when_known_and_read_back() -> None:
     assert "state_since" not in doc["replicas"][1]  # unknown: left out, as a registry from before it writes
     assert loads_observed(dumps_observed(known)) == known
     assert known.fingerprint == state.fingerprint  # a reading, like last_used
+
+
+def test_missing_models_are_written_when_there_are_some_and_read_back() -> None:
+    state = full_state()
+    told = with_missing_models(state, {"gpu-a": frozenset({"/models/b.gguf", "/models/a.gguf"})})
+    doc = observed_document(told)
+    assert doc["nodes"][0]["missing_models"] == ["/models/a.gguf", "/models/b.gguf"]
+    assert "missing_models" not in doc["nodes"][1]
+    assert loads_observed(dumps_observed(told)) == told
+    assert told.fingerprint == state.fingerprint  # a reading, asked at plan time
+    doc["nodes"][0]["missing_models"] = "/models/a.gguf"
+    with pytest.raises(SnapshotError, match=r"^nodes\[0\]\.missing_models: "):
+        loads_observed(json.dumps(doc))
 
 
 def test_state_since_must_be_a_utc_timestamp() -> None:
