@@ -119,6 +119,7 @@ class Daemon:
         """The address each replica was last said ready at."""
         self._digest: str | None = None
         self._unschedulable: dict[str, str] = {}
+        self._notes: set[str] = set()
         self._fleet: OpenFleet | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
         self._fleet_kind: tuple[bool, str | None] | None = None
@@ -343,6 +344,10 @@ class Daemon:
                     f"unschedulable: {line}", level=logging.WARNING, event="unschedulable", instance=instance
                 )
         self._unschedulable = lines
+        notes = set(result.plan.notes)
+        for note in sorted(notes - self._notes):
+            self._say(f"note: {note}", level=logging.WARNING, event="plan_note")
+        self._notes = notes
 
     def _replica_lines(self, fleet: OpenFleet, result: CycleResult) -> None:
         """A line for each replica event since the last cycle: ready (where to send requests), moved, restarted,
@@ -464,6 +469,7 @@ def _seen_json(seen: _Seen) -> dict[str, Any]:
             "actions": [{"id": a.id, "reason": a.reason.value} for a in plan.actions],
             "unschedulable": [_unschedulable_json(u) for u in plan.unschedulable],
             "failed": plan.failed,
+            "notes": list(plan.notes),
         },
         "refused": result.refused,
         "replicas": _replicas_json(seen),

@@ -1,5 +1,5 @@
 """``fleetd serve`` says what happened and why: a replica SIGKILLed, a restart whose port was taken, a replica
-that gives up, an instance that cannot be placed. Each shows as a log line (logfmt or JSON) and in ``/status``."""
+that gives up, an instance that cannot be placed, a model file that is not there. Each shows as a log line (logfmt or JSON) and in ``/status``."""
 
 from __future__ import annotations
 
@@ -24,11 +24,16 @@ def token() -> Iterator[str]:
     kill_all(mark)
 
 
-def fake(name: str, token: str, *, extra: str = "", vram: str = "64MiB") -> str:
+def fake(name: str, token: str, models: Path, *, extra: str = "", vram: str = "64MiB", exists: bool = True) -> str:
+    """An instance of the fake backend; its model file is made in ``models`` unless not ``exists``."""
+    model = models / f"{token}-{name}.gguf"
+    if exists:
+        model.parent.mkdir(exist_ok=True)
+        model.write_bytes(b"")
     return (
         f"  {name}:\n"
         "    backend: fake\n"
-        f"    model: /models/{token}-{name}.gguf\n"
+        f"    model: {model}\n"
         f"    vram: {vram}\n"
         "    restart_delay: 1500ms\n"
         "    restart_max_delay: 3s\n"
@@ -59,13 +64,15 @@ def replica(served: Served, instance: str) -> dict[str, Any] | None:
 def test_serve_says_what_happened_and_why(tmp_path: Path, token: str) -> None:
     executable = fake_llama_executable(tmp_path)
     manifest = tmp_path / "fleet.yaml"
+    models = tmp_path / "models"
     crashing = "    max_restarts: 1\n    environment: {FAKE_BACKEND_CRASH_AFTER_MS: '300'}\n"
     manifest.write_text(
         manifest_text(
             executable,
-            fake("alpha", token),
-            fake("crashy", token, extra=crashing),
-            fake("big", token, vram="4096GiB"),
+            fake("alpha", token, models),
+            fake("crashy", token, models, extra=crashing),
+            fake("big", token, models, vram="4096GiB"),
+            fake("ghost", token, models, exists=False),
         )
     )
     served = Served(manifest, tmp_path / "state", tmp_path / "serve.log", "--log-format", "json")
@@ -76,7 +83,11 @@ def test_serve_says_what_happened_and_why(tmp_path: Path, token: str) -> None:
             what="alpha running\n" + served.output(),
         )
         assert first["node"] == "local" and first["pid"]
-        assert said(served, event="replica_ready", replica="alpha/0", address=first["address"])
+        wait_for(
+            lambda: said(served, event="replica_ready", replica="alpha/0", address=first["address"]),
+            timeout_s=10,
+            what="alpha's ready line\n" + served.output(),
+        )
         # Every line is one JSON object with the time, the level, who speaks and the message.
         assert all({"ts", "level", "src", "msg"} <= set(line) for line in lines(served))
 
@@ -93,6 +104,21 @@ def test_serve_says_what_happened_and_why(tmp_path: Path, token: str) -> None:
 
         cooled = wait_for(cooling, timeout_s=20, what="big's cooldown\n" + served.output())
         assert {"reason": "insufficient_vram", "nodes": 1, "words": "insufficient VRAM"} in cooled["reasons"]
+
+        # A model file missing on the node that would load it: asked of the node before anything starts.
+        ghost = wait_for(
+            lambda: said(served, event="unschedulable", instance="ghost"), timeout_s=10, what="ghost unschedulable"
+        )
+        assert ghost["msg"] == "unschedulable: ghost: 1 replica not placed — 1 node: model file not found there"
+        plan = (served.status() or {})["last_plan"]
+        (entry,) = (u for u in plan["unschedulable"] if u["instance"] == "ghost")
+        assert {"reason": "model_missing", "nodes": 1, "words": "model file not found there"} in entry["reasons"]
+        note = said(
+            served,
+            event="plan_note",
+            msg=f"note: ghost: model {models}/{token}-ghost.gguf not found on node local",
+        )
+        assert note is not None and note["level"] == "warning"
 
         # A replica that crashes past max_restarts: failed, with why, in the log and in /status.
         gave_up = wait_for(lambda: _failed(served), timeout_s=30, what="crashy to give up\n" + served.output())
