@@ -536,8 +536,9 @@ def test_planning_twice_gives_equal_plans(fleet: Fleet) -> None:
     assert _plan(fleet) == _plan(fleet)
 
 
-EMPTYING_REASONS = {Reason.REMOVED, Reason.SCALE_DOWN, Reason.DRAINED, Reason.EVICTED}
-"""Unloads that the manifest causes; idle and lost replicas are the fleet's own business."""
+EMPTYING_REASONS = {Reason.REMOVED, Reason.SCALE_DOWN, Reason.DRAINED, Reason.EVICTED, Reason.NODE_UNDECLARED}
+"""Unloads that the manifest causes (a node it no longer declares included: an on-demand instance there is moved
+off and not loaded elsewhere); idle and lost replicas are the fleet's own business."""
 
 
 @SETTINGS
