@@ -27,12 +27,12 @@ def test_upgrade_then_current(empty_database: Database) -> None:
     assert before.stdout.startswith("current empty, head ")
     first = fleetd("db", "upgrade", "--database-url", empty_database.url)
     assert first.returncode == 0, first.stderr
-    assert "upgraded from empty to 0008" in first.stdout
+    assert "upgraded from empty to 0009" in first.stdout
     second = fleetd("db", "upgrade", "--database-url", empty_database.url)
     assert second.returncode == 0
-    assert "is up to date (revision 0008)" in second.stdout
+    assert "is up to date (revision 0009)" in second.stdout
     after = fleetd("db", "current", "--database-url", empty_database.url)
-    assert (after.returncode, after.stdout) == (0, "current 0008, head 0008\n")
+    assert (after.returncode, after.stdout) == (0, "current 0009, head 0009\n")
 
 
 def test_default_registry_is_sqlite_under_the_state_dir(tmp_path: Path) -> None:

@@ -214,7 +214,10 @@ class RemoteFleet:
 def remote_fleet(tmp_path: Path) -> Iterator[RemoteFleet]:
     """A replica of ``chat`` on node gpu-a, whose agent is a real ``fleetd agent`` process, applied by a
     controller whose registry is in ``state``."""
-    model = f"/models/{uuid.uuid4().hex}-chat.gguf"
+    model_file = tmp_path / "models" / f"{uuid.uuid4().hex}-chat.gguf"  # the agent is asked whether it is there
+    model_file.parent.mkdir()
+    model_file.write_bytes(b"")
+    model = str(model_file)
     facts = {"gpu_vendor": "nvidia", "total_vram": "8GiB", "total_ram": "32GiB"}
     port = free_port()  # the replica's: from the OS, so that no other test's replica can hold it
     agent = agent_process("gpu-a", tmp_path / "agents", facts=facts, ports=(port, port)).start()

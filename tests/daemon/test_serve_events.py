@@ -130,6 +130,20 @@ def test_serve_says_what_happened_and_why(tmp_path: Path, token: str) -> None:
         )
         assert failed["last_error"].startswith("exited with status 1; gave up after 1 restarts")
         assert "fake backend: crashing" in failed["last_error"]  # the first line of its log naming the error
+        # Failed for restart_max_delay (3 s), with no other node to take it: restarted in place, and said so.
+        retried = wait_for(
+            lambda: next(
+                (
+                    x
+                    for x in lines(served)
+                    if x.get("event") == "action" and x["msg"].startswith("restart crashy/0")
+                ),
+                None,
+            ),
+            timeout_s=20,
+            what="crashy retried after restart_max_delay\n" + served.output(),
+        )
+        assert retried["msg"].startswith("restart crashy/0 on local: failed -> ")
 
         # SIGKILL, and the port taken while the replica is down: it comes back on another port.
         host, port = first["address"].rsplit(":", 1)
