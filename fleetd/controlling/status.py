@@ -14,6 +14,7 @@ from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ObservedState, ReplicaState
 from fleetd.manifest.revision import Revision
 from fleetd.planning.planner import PlanPolicy
+from fleetd.planning.rendering import unschedulable_line
 
 
 class Sync(enum.StrEnum):
@@ -35,6 +36,10 @@ class FleetStatus:
     sync: Sync | None = None
     pending_actions: int | None = None
     unschedulable_replicas: int = 0
+    unschedulable: tuple[str, ...] = ()
+    """One line per instance that cannot be placed, with its reasons (``unschedulable_line``)."""
+    notes: tuple[str, ...] = ()
+    """The plan's notes: failed replicas, missing model files, replicas that cannot be moved."""
     manifest_paths: tuple[str, ...] = ()
     revision: Revision | None = None
     undeclared_nodes: tuple[str, ...] = ()
@@ -46,6 +51,8 @@ class FleetStatus:
             "sync": self.sync.value if self.sync is not None else None,
             "pending_actions": self.pending_actions,
             "unschedulable_replicas": self.unschedulable_replicas,
+            "unschedulable": list(self.unschedulable),
+            "notes": list(self.notes),
             "health": self.health.value,
             "manifest": list(self.manifest_paths) if self.manifest_paths else None,
             "revision": self.revision.document() if self.revision is not None else None,
@@ -77,6 +84,8 @@ def status_once(
         sync=Sync.SYNCED if pending == 0 else Sync.OUT_OF_SYNC,
         pending_actions=pending,
         unschedulable_replicas=unschedulable,
+        unschedulable=tuple(unschedulable_line(u) for u in planned.plan.unschedulable),
+        notes=planned.plan.notes,
         manifest_paths=manifest.paths,
         revision=manifest.revision,
         undeclared_nodes=undeclared_nodes(manifest.desired, seen),

@@ -75,6 +75,7 @@ def test_status_json_reports_sync_health_and_an_unschedulable_replica(fleet: Fle
     status = fleet.status_json()["status"]
     assert status["sync"] == "Synced", "nothing can be done, so a plan is empty"
     assert status["unschedulable_replicas"] == 1
+    assert status["unschedulable"] == ["chat: 1 replica not placed — 1 node: insufficient VRAM"]
     assert status["health"] == "Degraded"
     assert status["manifest"] == ["fleet.yaml"]
 
