@@ -153,11 +153,10 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 @db_app.command("current")
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the registry's schema revision and the newest one this fleetd ships."""
-    from fleetd.registry.engine import open_engine
-    from fleetd.registry.migrating import current_revision, head_revision
+    from fleetd.registry.migrating import head_revision, stored_revision
 
     with registry_errors(database_url):
-        current = current_revision(open_engine(database_url))
+        current = stored_revision(database_url)
     head = head_revision()
     sys.stdout.write(f"current {current or 'empty'}, head {head}\n")
     raise typer.Exit(EXIT_OK if current == head else EXIT_ERROR)

@@ -77,21 +77,36 @@ def registry_errors(url: str | None) -> Iterator[None]:
     """Turn a database failure into one line that says where and what, and exit 1 (no traceback)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from fleetd.registry.migrating import SchemaNotCurrent
+
     try:
         yield
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, SchemaNotCurrent) as exc:
         from fleetd.registry.engine import default_database_url
 
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        sys.stderr.write(f"error: registry at {redact_url(url or default_database_url())}: {reason}\n")
+        hint = next((h for cause, h in _REGISTRY_HINTS.items() if cause in reason), "")
+        sys.stderr.write(f"error: registry at {redact_url(url or default_database_url())}: {reason}{hint}\n")
         raise typer.Exit(EXIT_ERROR) from None
 
 
+_REGISTRY_HINTS = {
+    "readonly database": (
+        " (this user may not write it: run the command as the user the service runs as, e.g. sudo -u fleetd)"
+    ),
+    "unable to open database file": (
+        " (check that its directory exists and this user may read and write it; the state directory is "
+        "$FLEETD_STATE_DIR)"
+    ),
+}
+
+
 def redact_url(url: str) -> str:
-    """Hide a password in a database URL before printing it."""
+    """Hide a password in a database URL before printing it (a URL without one is printed as given)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -1,10 +1,12 @@
 """``fleetd status``: what the fleet looks like now, and whether it matches the manifest (Argo CD's sync and health).
 
 It calls ``fleetd.controlling.oneshot.status_fleet`` (which observes through the local agent under the
-controller lease, or reads the registry while another controller leads) and prints nodes and replicas; with a
-manifest (or finding ``./fleet.yaml``) also sync, health and the manifest's git revision. ``--format json``
-writes the observed-state snapshot of ``fleetd.planning.observed_json`` (so ``fleetd plan --observed`` can read
-it) plus a top-level ``status`` object.
+controller lease, or reads the registry while another controller leads or when this user cannot write it) and
+prints which registry it read, nodes and replicas; with a manifest (or finding ``./fleet.yaml``) also sync,
+health and the manifest's git revision. ``--format json`` writes the observed-state snapshot of
+``fleetd.planning.observed_json`` (so ``fleetd plan --observed`` can read it) plus a top-level ``status``
+object. A registry no controller ever applied a plan to gets a warning on stderr: it is most likely not the
+service's (the operator's own default state dir instead of ``/var/lib/fleetd``).
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleetd.cli.common import EXIT_OK, agent_access, fail, load_or_exit, registry_errors
+from fleetd.cli.common import EXIT_OK, agent_access, fail, load_or_exit, redact_url, registry_errors
 from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 from fleetd.cli.table_output import approx_size, one_line, table
 
 if TYPE_CHECKING:
+    from fleetd.controlling.oneshot import StatusReport
     from fleetd.controlling.status import FleetStatus
     from fleetd.core.observed import ObservedNode, ObservedReplica, ObservedState
+
+
+SERVICE_STATE_DIR = "/var/lib/fleetd"
+"""Where the systemd unit and the container image keep the service's state (``FLEETD_STATE_DIR``)."""
 
 
 class StatusFormat(enum.StrEnum):
@@ -68,25 +75,41 @@ def status_command(
             report = status_fleet(database_url, manifest, access)
         except SecurityError as exc:
             fail(str(exc))
-    if report.holder is not None:
-        sys.stderr.write(
-            f"note: {report.holder} holds the controller lease; showing the fleet as it last recorded it\n"
-        )
+    registry = redact_url(report.registry_url)
+    _notes(report, registry)
     if output_format is StatusFormat.JSON:
         import json
 
         document = observed_document(report.observed)
-        document["status"] = report.status.document()
+        document["status"] = {**report.status.document(), "registry": registry}
         sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(render_status_text(report.observed, report.status))
+        sys.stdout.write(render_status_text(report.observed, report.status, registry=registry))
     raise typer.Exit(EXIT_OK)
 
 
-def render_status_text(observed: ObservedState, status: FleetStatus) -> str:
+def _notes(report: StatusReport, registry: str) -> None:
+    """What the reader should know about where the fleet was read: on stderr, one line each."""
+    if report.holder is not None:
+        sys.stderr.write(
+            f"note: {report.holder} holds the controller lease; showing the fleet as it last recorded it\n"
+        )
+    elif report.read_only:
+        sys.stderr.write(
+            "note: this user cannot write the registry; showing the fleet as a controller last recorded it\n"
+        )
+    if not report.ever_applied:
+        sys.stderr.write(
+            f"warning: the registry {registry} has never been written by a controller (no fleetd apply or "
+            f"serve applied a plan to it); is it the service's? The service keeps it in {SERVICE_STATE_DIR}: "
+            f"set FLEETD_STATE_DIR={SERVICE_STATE_DIR}, or pass --database-url\n"
+        )
+
+
+def render_status_text(observed: ObservedState, status: FleetStatus, *, registry: str | None = None) -> str:
     from fleetd.controlling.status import Sync
 
-    lines: list[str] = []
+    lines: list[str] = [f"Registry: {registry}", ""] if registry is not None else []
     node_rows = [_node_row(n, undeclared=n.name in status.undeclared_nodes) for n in observed.nodes]
     lines += ["Nodes:", *table(("NAME", "STATUS", "GPU", "FREE / TOTAL", "BACKENDS"), node_rows)]
     if not node_rows:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from fleetd.core.observed import NodeStatus
 from fleetd.core.units import format_duration
 from fleetd.registry import nodes, replicas
-from fleetd.registry.facade import Registry, open_registry
+from fleetd.registry.facade import Registry, open_registry, open_registry_to_read
 from fleetd.registry.join_tokens import IssuedToken, JoinTokenInfo
 from fleetd.registry.nodes import UnknownNode
 
@@ -89,7 +89,7 @@ def create_token(
 
 
 def list_tokens(database_url: str | None) -> tuple[JoinTokenInfo, ...]:
-    with _registry(database_url) as registry:
+    with _registry(database_url, to_read=True) as registry:
         return registry.list_join_tokens()
 
 
@@ -105,7 +105,7 @@ def revoke_token(database_url: str | None, token_id: str) -> None:
 
 
 def list_nodes(database_url: str | None) -> tuple[NodeRow, ...]:
-    with _registry(database_url) as registry:
+    with _registry(database_url, to_read=True) as registry:
         now_ms = registry.clock()
         records = registry.node_records()
     return tuple(
@@ -191,8 +191,9 @@ def _locked(conn: Connection, name: str) -> tuple[NodeStatus, bool]:
 
 
 @contextmanager
-def _registry(database_url: str | None) -> Iterator[Registry]:
-    registry = open_registry(database_url)
+def _registry(database_url: str | None, *, to_read: bool = False) -> Iterator[Registry]:
+    """The registry; ``to_read``: for a listing, which works on a registry this user cannot write."""
+    registry = open_registry_to_read(database_url) if to_read else open_registry(database_url)
     try:
         yield registry
     finally:

@@ -6,7 +6,8 @@ fencing epoch to the executor; it waits for a one-shot command's lease (``--lock
 ``serve``'s, which leads and applies its own manifest for as long as it runs. ``status`` takes the lease only if
 it is free: while another controller holds it (a running ``serve``, an apply), it shows the registry as that
 controller last recorded it, since a second agent would supervise the same processes twice (two restarts of one
-crash). ``plan`` never starts an agent.
+crash). A registry this user cannot write (an operator in the service's group) is read the same way, and
+neither migrated nor written. ``plan`` never starts an agent.
 The CLI formats what these return and turns it into an exit code; it decides nothing.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from fleetd.controlling import leadership
@@ -38,7 +40,8 @@ from fleetd.executing.report import ActionOutcome
 from fleetd.planning.planner import PlanPolicy
 from fleetd.planning.plans import Plan, PlanRefused
 from fleetd.planning.targeting import only_targets
-from fleetd.registry.facade import Registry, open_registry
+from fleetd.registry.engine import default_database_url
+from fleetd.registry.facade import Registry, open_registry, open_registry_to_read
 from fleetd.registry.leases import LeaseInfo
 from fleetd.transport.agent_api import CallerFence, InstallProgress
 from fleetd.transport.security import SecurityError
@@ -60,7 +63,7 @@ def plan_fleet(
     Raises ``PlanRefused``; a database failure raises ``SQLAlchemyError``; ``SecurityError`` for ``access``."""
     if observed is not None:
         return plan_once(SnapshotFleet(observed), desired, policy=policy, revision=revision)
-    registry = open_registry(database_url)
+    registry = open_registry_to_read(database_url)
     readers = estimate_readers(desired, access)
     try:
         preview = database_url is None and not desired.nodes_declared
@@ -83,28 +86,45 @@ class StatusReport:
     status: FleetStatus
     holder: str | None
     """Who holds the controller lease when it was not ours (the observation is then the registry's record)."""
+    registry_url: str
+    """The registry that was read (not redacted: the CLI hides a password before printing it)."""
+    read_only: bool
+    """This user cannot write the registry: it was read as recorded, without migrating or writing anything."""
+    ever_applied: bool
+    """Whether a controller (``apply`` or ``serve``) ever applied a plan to this registry: when not, it is likely
+    not the one the service uses (another state dir or database)."""
 
 
 def status_fleet(
     database_url: str | None, manifest: Manifest | None, access: AgentAccess | None = None
 ) -> StatusReport:
     """The fleet as its agents see it, taken under the controller lease; while another controller holds the
-    lease, the registry as that controller last recorded it, and its name. Raises ``SecurityError`` when the
-    manifest's nodes have addresses and ``access`` cannot reach them."""
-    registry = open_registry(database_url)
+    lease, or when this user cannot write the registry, the registry as a controller last recorded it (a
+    read-only registry is neither migrated nor written: ``SchemaNotCurrent`` when its schema is behind). Raises
+    ``SecurityError`` when the manifest's nodes have addresses and ``access`` cannot reach them."""
+    registry = open_registry_to_read(database_url)
     try:
+        found = partial(
+            StatusReport,
+            registry_url=database_url or default_database_url(),
+            read_only=registry.read_only,
+            ever_applied=registry.ever_applied(),
+        )
+        if registry.read_only:
+            observed, status = status_once(RecordedFleet(registry), manifest)
+            return found(observed, status, registry.lease_holder(leadership.CONTROLLER_LEASE))
         try:
             held = leadership.acquire(registry, leadership.holder_id("status"), timeout_s=0)
         except leadership.LockBusy as busy:
             observed, status = status_once(RecordedFleet(registry), manifest)
-            return StatusReport(observed, status, busy.holder or "another fleetd")
+            return found(observed, status, busy.holder or "another fleetd")
         desired = manifest.desired if manifest is not None else None
         with (
             leadership.renewed(registry, held),
             opened_fleet(desired, database_url, access or AgentAccess()) as fleet,
         ):
             observed, status = status_once(fleet, manifest, observed=fleet.observe_settled())
-            return StatusReport(observed, status, None)
+            return found(observed, status, None)
     finally:
         registry.engine.dispose()
 

@@ -48,6 +48,10 @@ def record(conn: Connection, entry: ApplyRecord, *, lease: str | None = None) ->
     return row_id
 
 
+def any_recorded(conn: Connection) -> bool:
+    return conn.execute(select(apply_log.c.id).limit(1)).first() is not None
+
+
 def recent(conn: Connection, limit: int = 20) -> list[ApplyRecord]:
     rows = conn.execute(select(apply_log).order_by(apply_log.c.id.desc()).limit(limit))
     return [

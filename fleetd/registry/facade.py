@@ -16,8 +16,8 @@ from sqlalchemy import Engine
 
 from fleetd.core.observed import NodeStatus, ObservedState
 from fleetd.registry import apply_log, credentials, join_tokens, leases, nodes, pending_ops, replicas, reservations
-from fleetd.registry.engine import open_engine, read_only
-from fleetd.registry.migrating import upgrade
+from fleetd.registry.engine import Access, open_engine, read_only, registry_access
+from fleetd.registry.migrating import check_current, upgrade
 from fleetd.registry.snapshots import SnapshotCache, snapshot
 
 Clock = Callable[[], int]
@@ -28,18 +28,37 @@ def system_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def open_registry(url: str | None = None, *, clock: Clock = system_clock_ms, migrate: bool = True) -> Registry:
-    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date."""
-    engine = open_engine(url)
-    if migrate:
-        upgrade(engine)
-    return Registry(engine, clock)
+def open_registry(
+    url: str | None = None, *, clock: Clock = system_clock_ms, migrate: bool = True, read_only: bool = False
+) -> Registry:
+    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date.
+
+    ``read_only`` (a registry this user cannot write, ``engine.registry_access``): create and migrate nothing;
+    raises ``SchemaNotCurrent`` when the schema is not the newest, since it cannot be upgraded from here."""
+    engine = open_engine(url, read_only=read_only)
+    try:
+        if read_only:
+            check_current(engine)
+        elif migrate:
+            upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Registry(engine, clock, read_only=read_only)
+
+
+def open_registry_to_read(url: str | None = None, *, clock: Clock = system_clock_ms) -> Registry:
+    """The registry for a command that only reads it: opened read-only when this user cannot write it (see
+    ``open_registry``), else as every command opens it. Its ``read_only`` says which."""
+    return open_registry(url, clock=clock, read_only=registry_access(url) is Access.READ_ONLY)
 
 
 @dataclass(frozen=True)
 class Registry:
     engine: Engine
     clock: Clock = field(default=system_clock_ms)
+    read_only: bool = False
+    """Opened read-only (``open_registry_to_read`` on a registry this user cannot write): every write fails."""
     _single_statements: Engine = field(init=False, repr=False, compare=False)
     _snapshots: SnapshotCache = field(init=False, repr=False, compare=False, default_factory=SnapshotCache)
     """The last snapshot's values, reused by the next one where rows did not change (``registry/snapshots.py``)."""
@@ -174,7 +193,18 @@ class Registry:
         with self.engine.begin() as conn:
             return leases.release(conn, name, holder, epoch)
 
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds ``name`` now (an unexpired lease), read without taking it."""
+        with read_only(self.engine) as conn:
+            held = leases.held_by_other(conn, name, "", now_ms=self.clock())
+        return held.holder if held is not None else None
+
     # apply log
     def record_apply(self, entry: apply_log.ApplyRecord, *, lease: str | None = None) -> int:
         with self.engine.begin() as conn:
             return apply_log.record(conn, entry, lease=lease)
+
+    def ever_applied(self) -> bool:
+        """Whether a controller (``fleetd apply`` or ``serve``) ever applied a plan here: the apply log has a row."""
+        with read_only(self.engine) as conn:
+            return apply_log.any_recorded(conn)

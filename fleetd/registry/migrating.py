@@ -12,6 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
+from fleetd.registry.engine import Access, open_engine, registry_access
+
 _SCRIPT_LOCATION = "fleetd.registry:migrations"
 _ADVISORY_LOCK_KEY = 0x666C656574640001  # "fleetd" + 1
 
@@ -36,6 +38,48 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def stored_revision(url: str | None) -> str | None:
+    """The revision of the registry at ``url``, read without creating or writing anything: ``None`` for a
+    SQLite file that does not exist yet; a file this user cannot write is opened read-only."""
+    access = registry_access(url)
+    if access is Access.MISSING:
+        return None
+    engine = open_engine(url, read_only=access is Access.READ_ONLY)
+    try:
+        return current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+class SchemaNotCurrent(RuntimeError):
+    """A registry opened read-only whose schema is not the one this fleetd uses (it cannot be migrated)."""
+
+    def __init__(self, current: str | None, head: str, *, newer: bool) -> None:
+        self.current, self.head, self.newer = current, head, newer
+        if newer:
+            message = (
+                f"its schema is at revision {current}, newer than this fleetd knows (up to {head}); "
+                "use the fleetd that wrote it, or upgrade this one"
+            )
+        else:
+            message = (
+                f"its schema is at revision {current or 'empty'} and this fleetd needs {head}; upgrade it with "
+                "`fleetd db upgrade` as a user that can write it (e.g. the service's user)"
+            )
+        super().__init__(message)
+
+
+def check_current(engine: Engine) -> str:
+    """The registry's revision when it is the newest this fleetd ships; else ``SchemaNotCurrent``. For an engine
+    that may not write (``open_engine(read_only=True)``), where ``upgrade`` is not possible."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        scripts = ScriptDirectory.from_config(_config())
+        known = current is None or current in {script.revision for script in scripts.walk_revisions()}
+        raise SchemaNotCurrent(current, head, newer=not known)
+    return head
 
 
 def head_revision() -> str:

@@ -51,3 +51,14 @@ def test_password_is_not_printed(tmp_path: Path) -> None:
     assert "Connection refused" in result.stderr
     assert "Traceback" not in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_a_url_is_printed_as_given_unless_it_has_a_password() -> None:
+    from fleetd.cli.common import redact_url
+
+    assert (
+        redact_url("postgresql+psycopg://fleetd:hunter2@db/fleetd") == "postgresql+psycopg://fleetd:***@db/fleetd"
+    )
+    assert redact_url("sqlite:///file:/var/lib/fleetd/fleetd.db?mode=ro&uri=true") == (
+        "sqlite:///file:/var/lib/fleetd/fleetd.db?mode=ro&uri=true"
+    )

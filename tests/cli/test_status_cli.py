@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fleetd.registry.facade import open_registry
+from tests.cli.support import fleetd_env, run_fleetd
 from tests.cli.test_apply_cli import Fleet, fleet
 
 __all__ = ["fleet"]  # the fixture, shared with the apply tests
@@ -154,3 +157,99 @@ def test_the_text_names_a_node_whose_agent_did_not_answer() -> None:
     text = render_status_text(observed, FleetStatus(Health.HEALTHY))
     assert f"  gpu-b: {error}" in text
     assert "gpu-a:" not in text
+
+
+def registry_rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, to show that a command wrote nothing."""
+    with sqlite3.connect(f"{database.as_uri()}?immutable=1", uri=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: sorted(conn.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in names}
+
+
+def test_status_names_the_registry_it_read_and_warns_until_a_controller_wrote_it(fleet: Fleet) -> None:
+    registry = f"sqlite:///{fleet.state / 'fleetd.db'}"
+    fresh = fleet.run("status")
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.splitlines()[0] == f"Registry: {registry}"
+    (warning,) = [line for line in fresh.stderr.splitlines() if line.startswith("warning:")]
+    assert f"the registry {registry} has never been written by a controller" in warning
+    assert "set FLEETD_STATE_DIR=/var/lib/fleetd, or pass --database-url" in warning
+    assert fleet.status_json()["status"]["registry"] == registry
+    assert fleet.run("apply", "--auto-approve").returncode == 0
+    applied = fleet.run("status")
+    assert applied.returncode == 0, applied.stderr
+    assert "warning:" not in applied.stderr
+    assert applied.stdout.startswith(f"Registry: {registry}\n")
+
+
+def test_status_reads_a_read_only_registry_and_writes_nothing(fleet: Fleet) -> None:
+    assert fleet.run("apply", "--auto-approve").returncode == 0
+    database = fleet.state / "fleetd.db"
+    before = registry_rows(database)
+    read_only = f"sqlite:///file:{database}?mode=ro&uri=true"
+    result = fleet.run("status", "--database-url", read_only)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Registry: {read_only}\n")
+    assert "note: this user cannot write the registry; showing the fleet as a controller last recorded it" in (
+        result.stderr
+    )
+    assert "warning:" not in result.stderr
+    (row,) = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("chat ")]
+    assert row[:4] == ["chat", "local", "0", "running"]
+    assert "Sync:     Synced\n" in result.stdout
+    assert registry_rows(database) == before, "status wrote to a read-only registry (a lease, a node, a replica)"
+
+
+def test_status_reads_a_registry_this_user_may_not_write(fleet: Fleet) -> None:
+    """The operator in the service's group: /var/lib/fleetd readable, not writable. Nothing may be created in it
+    (no WAL shared memory), migrated or written."""
+    assert fleet.run("apply", "--auto-approve").returncode == 0
+    database = fleet.state / "fleetd.db"
+    before = registry_rows(database)
+    database.chmod(0o444)
+    fleet.state.chmod(0o555)
+    try:
+        listing = sorted(p.name for p in fleet.state.iterdir())
+        result = run_fleetd(["status"], env=fleetd_env(fleet.state), cwd=fleet.root, as_user=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "note: this user cannot write the registry" in result.stderr
+        assert "Traceback" not in result.stderr
+        (row,) = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("chat ")]
+        assert row[:4] == ["chat", "local", "0", "running"]
+        assert sorted(p.name for p in fleet.state.iterdir()) == listing
+    finally:
+        fleet.state.chmod(0o755)
+        database.chmod(0o644)
+    assert registry_rows(database) == before
+
+
+def test_a_read_only_registry_behind_the_schema_says_how_to_upgrade(tmp_path: Path) -> None:
+    from fleetd.registry.engine import open_engine
+    from fleetd.registry.migrating import head_revision, upgrade
+
+    database = tmp_path / "fleetd.db"
+    engine = open_engine(f"sqlite:///{database}")
+    upgrade(engine, "0007")
+    engine.dispose()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetd",
+            "status",
+            "--database-url",
+            f"sqlite:///file:{database}?mode=ro&uri=true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: registry at sqlite:///file:{database}?mode=ro&uri=true: its schema is at revision 0007 and this "
+        f"fleetd needs {head_revision()}; upgrade it with `fleetd db upgrade` as a user that can write it "
+        "(e.g. the service's user)\n"
+    )
+    assert registry_rows(database)["alembic_version"] == [("0007",)]
