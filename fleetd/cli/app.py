@@ -18,10 +18,12 @@ from fleetd.cli.apply_command import apply_command
 from fleetd.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
+    fail,
     os_error_line,
     print_invalid,
     redact_url,
     registry_errors,
+    registry_failure,
     validity_summary,
 )
 from fleetd.cli.logs_command import logs_command
@@ -98,7 +100,11 @@ def schema(
     if check is None:
         sys.stdout.write(text)
         return
-    current = check.read_text(encoding="utf-8") if check.exists() else ""
+    try:
+        current = check.read_text(encoding="utf-8") if check.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        fail(f"cannot read {check}: {reason}")
     if current != text:
         sys.stderr.write(f"{check} is out of date; regenerate it with: fleetd schema > {check}\n")
         raise typer.Exit(EXIT_ERROR)
@@ -136,14 +142,12 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Migrate the registry schema to the newest revision (fleetd also does this on start)."""
-    from fleetd.registry.engine import default_database_url, open_engine
-    from fleetd.registry.migrating import current_revision, upgrade
+    from fleetd.registry.engine import default_database_url
+    from fleetd.registry.migrating import upgrade_registry
 
     where = database_url or default_database_url()
     with registry_errors(where):
-        engine = open_engine(database_url)
-        before = current_revision(engine)
-        after = upgrade(engine)
+        before, after = upgrade_registry(database_url)
     if before == after:
         sys.stdout.write(f"registry at {redact_url(where)} is up to date (revision {after})\n")
     else:
@@ -153,10 +157,15 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 @db_app.command("current")
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the registry's schema revision and the newest one this fleetd ships."""
+    from fleetd.registry.engine import Access, default_database_url, registry_access
     from fleetd.registry.migrating import head_revision, stored_revision
 
     with registry_errors(database_url):
+        missing = registry_access(database_url) is Access.MISSING
         current = stored_revision(database_url)
+    if missing:
+        where = redact_url(database_url or default_database_url())
+        sys.stderr.write(f"note: no registry at {where} yet; `fleetd db upgrade` or the first apply creates it\n")
     head = head_revision()
     sys.stdout.write(f"current {current or 'empty'}, head {head}\n")
     raise typer.Exit(EXIT_OK if current == head else EXIT_ERROR)
@@ -204,8 +213,12 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
     except Exception as exc:
         show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if not callable(show) or not isinstance(exit_code, int):
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(EXIT_ERROR if exit_code in (1, 2) else exit_code)
+        line = registry_failure(exc)  # a database failure a command did not name: still one line
+        if line is None:
             raise
-        show()
-        sys.exit(EXIT_ERROR if exit_code in (1, 2) else exit_code)
+        sys.stderr.write(f"error: {line}\n")
+        sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -37,6 +37,7 @@ def apply_command(
             help="Manifest files or directories of *.yaml files (default: fleet.yaml), or one plan saved with "
             "`fleetd plan --out`.",
             show_default=False,
+            readable=False,  # the manifest loader names an unreadable file
         ),
     ] = None,
     *,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from fleetd.controlling.opening import AgentAccess
     from fleetd.manifest.loading import LoadedManifest
     from fleetd.transport.security import TlsFiles
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,6 +43,14 @@ def error(message: str) -> int:
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` and exit 1."""
     raise typer.Exit(error(message))
+
+
+def parse_flag(flag: str, value: str, parse: Callable[[str], T]) -> T:
+    """``parse(value)``; a ``ValueError`` (its message names the value) becomes ``error: FLAG: message``, exit 1."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        fail(f"{flag}: {exc}")
 
 
 def validity_summary(paths: Sequence[str], errors: int, warnings: int, valid: bool) -> str:
@@ -75,19 +85,36 @@ def load_or_exit(paths: Sequence[Path | str]) -> LoadedManifest:
 @contextmanager
 def registry_errors(url: str | None) -> Iterator[None]:
     """Turn a database failure into one line that says where and what, and exit 1 (no traceback)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from fleetd.registry.migrating import SchemaNotCurrent
-
     try:
         yield
-    except (SQLAlchemyError, SchemaNotCurrent) as exc:
+    except _registry_errors() as exc:
         from fleetd.registry.engine import default_database_url
 
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        hint = next((h for cause, h in _REGISTRY_HINTS.items() if cause in reason), "")
-        sys.stderr.write(f"error: registry at {redact_url(url or default_database_url())}: {reason}{hint}\n")
+        where = redact_url(url or default_database_url())
+        sys.stderr.write(f"error: registry at {where}: {_registry_reason(exc)}\n")
         raise typer.Exit(EXIT_ERROR) from None
+
+
+def registry_failure(exc: BaseException) -> str | None:
+    """One line for a database failure that no command caught (``main``'s last resort), else ``None``."""
+    if not isinstance(exc, _registry_errors()):
+        return None
+    return f"the registry: {_registry_reason(exc)}"
+
+
+def _registry_errors() -> tuple[type[Exception], ...]:
+    """What a registry that cannot be used raises (imported when needed: sqlalchemy is slow to import)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fleetd.registry.facade import RegistryNotWritable
+    from fleetd.registry.migrating import SchemaNotCurrent
+
+    return (SQLAlchemyError, SchemaNotCurrent, RegistryNotWritable)
+
+
+def _registry_reason(exc: BaseException) -> str:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return reason + next((hint for cause, hint in _REGISTRY_HINTS.items() if cause in reason), "")
 
 
 _REGISTRY_HINTS = {

@@ -22,7 +22,9 @@ DatabaseUrl = Annotated[
 PathsArg = Annotated[
     list[Path] | None,
     typer.Argument(
-        help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
+        help="Manifest files or directories of *.yaml files (default: fleet.yaml).",
+        show_default=False,
+        readable=False,  # the manifest loader names an unreadable file, as it names every other problem
     ),
 ]
 

@@ -28,7 +28,13 @@ def restart_command(
     ],
     paths: Annotated[
         list[Path] | None,
-        typer.Option("--manifest", "-m", help="The manifest (default: fleet.yaml).", show_default=False),
+        typer.Option(
+            "--manifest",
+            "-m",
+            help="The manifest (default: fleet.yaml).",
+            show_default=False,
+            readable=False,  # the manifest loader names an unreadable file
+        ),
     ] = None,
     *,
     database_url: DatabaseUrl = None,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from fleetd.cli.common import agent_access, os_error_line, registry_errors
+from fleetd.cli.common import agent_access, os_error_line, parse_flag, registry_errors
 from fleetd.cli.options import DatabaseUrl, Insecure, LogFormatOption, TlsCa, TlsCert, TlsKey
 from fleetd.daemon.log_format import LogFormat
 
@@ -23,7 +23,9 @@ def serve(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Manifest files or directories of *.yaml files (default: fleet.yaml).", show_default=False
+            help="Manifest files or directories of *.yaml files (default: fleet.yaml).",
+            show_default=False,
+            readable=False,  # serve reports an unreadable manifest as an invalid one, and waits for a fix
         ),
     ] = None,
     *,
@@ -88,11 +90,11 @@ def serve(
     from fleetd.transport.bus_api import BusError
     from fleetd.transport.security import SecurityError
 
+    address = None if http == "off" else parse_flag("--http", http, parse_address)
+    bus_listen = parse_flag("--nats-listen", nats_listen, parse_address) if nats_listen is not None else None
     try:
         interval_ms = parse_duration_ms(interval)
         ttl_ms = parse_duration_ms(lease_ttl)
-        address = None if http == "off" else parse_address(http)
-        bus_listen = parse_address(nats_listen) if nats_listen is not None else None
         liveness = Liveness(parse_duration_ms(unhealthy_after), parse_duration_ms(lost_after), max_replacements)
     except (UnitError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -43,6 +43,7 @@ def status_command(
         typer.Argument(
             help="Manifest files or directories to compare with (default: ./fleet.yaml when it exists).",
             show_default=False,
+            readable=False,  # the manifest loader names an unreadable file
         ),
     ] = None,
     *,

@@ -17,11 +17,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from fleetd.agent.log_reading import read_log, replica_log_path, rotated_path
 from fleetd.controlling.opening import AgentAccess
-from fleetd.registry.engine import default_database_url, default_state_dir, normalise_url
+from fleetd.registry.engine import (
+    Access,
+    default_database_url,
+    default_state_dir,
+    normalise_url,
+    registry_access,
+    sqlite_file,
+)
 from fleetd.registry.facade import Registry, open_registry
 from fleetd.registry.replicas import ReplicaPlace
 from fleetd.transport.agent_api import AgentError, LogStream, ReplicaNotFound
@@ -102,16 +107,13 @@ def _described(places: Sequence[ReplicaPlace]) -> str:
 def _existing_registry(database_url: str | None) -> Registry:
     """The registry, opened for reading; a SQLite file that does not exist is an error, never created."""
     url = normalise_url(database_url or default_database_url())
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() == "sqlite" and database not in (None, "", ":memory:"):
-        assert database is not None
-        if not Path(database).exists():
-            raise LogsError(
-                f"no registry at {database}: nothing was applied with this state dir; run `fleetd apply` or "
-                "`fleetd serve` first, or point $FLEETD_STATE_DIR or --database-url at the fleet's registry"
-            )
-    return open_registry(url, migrate=False)
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        raise LogsError(
+            f"no registry at {database}: nothing was applied with this state dir; run `fleetd apply` or "
+            "`fleetd serve` first, or point $FLEETD_STATE_DIR or --database-url at the fleet's registry"
+        )
+    return open_registry(url, migrate=False, read_only=registry_access(url) is Access.READ_ONLY)
 
 
 def _local_log(place: ReplicaPlace, request: LogsRequest, state_dir: Path) -> ReplicaLog:

@@ -77,10 +77,11 @@ def parse_ports(text: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
-def split_address(address: str) -> tuple[str, int]:
+def split_address(address: str, flag: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); ``AgentConfigError`` naming ``flag`` and the value."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise AgentConfigError(f"address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:7443 or 127.0.0.1:0)")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise AgentConfigError(f"{flag} {address!r}: expected HOST:PORT (e.g. 10.0.0.5:7443 or 127.0.0.1:0)")
     return host, int(port)
 
 
@@ -96,7 +97,9 @@ def resolve_port(listen: str) -> str:
 
 class AgentDaemon:
     def __init__(self, config: AgentConfig) -> None:
-        split_address(config.listen)
+        split_address(config.listen, "--listen")
+        if config.advertise is not None:
+            split_address(config.advertise, "--advertise")
         if config.security is None and config.bus is None:
             raise AgentConfigError("the TLS bootstrap needs --nats: the certificate comes from the controller")
         self._config = config

@@ -29,11 +29,14 @@ class Endpoints:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9464`` for IPv6) -> (host, port); raises ``ValueError``."""
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) -> (host, port); raises ``ValueError`` naming the value."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not sep or not host or not port.isdigit() or (":" in host and not bracketed) or "[" in host.strip("[]"):
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9464, or [::1]:9464 for IPv6)")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: the port must be within 0-65535")
+    return (host[1:-1] if bracketed else host), int(port)
 
 
 class HttpAddressError(OSError):

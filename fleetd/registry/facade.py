@@ -28,13 +28,26 @@ def system_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class RegistryNotWritable(RuntimeError):
+    """A command that writes the registry, run by a user who may only read it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this user may only read it (file permissions, or a mode=ro URL) and this command writes it; run it "
+            "as the user the service runs as (e.g. sudo -u fleetd)"
+        )
+
+
 def open_registry(
     url: str | None = None, *, clock: Clock = system_clock_ms, migrate: bool = True, read_only: bool = False
 ) -> Registry:
-    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date.
+    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date;
+    ``RegistryNotWritable`` when this user may only read it (``engine.registry_access``), before any write.
 
-    ``read_only`` (a registry this user cannot write, ``engine.registry_access``): create and migrate nothing;
-    raises ``SchemaNotCurrent`` when the schema is not the newest, since it cannot be upgraded from here."""
+    ``read_only``: open such a registry to read it; create and migrate nothing, and raise ``SchemaNotCurrent``
+    when its schema is not the newest, since it cannot be upgraded from here."""
+    if not read_only and registry_access(url) is Access.READ_ONLY:
+        raise RegistryNotWritable()
     engine = open_engine(url, read_only=read_only)
     try:
         if read_only:

@@ -35,6 +35,20 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def upgrade_registry(url: str | None) -> tuple[str | None, str | None]:
+    """Migrate the registry at ``url`` to the newest revision; returns the revisions before and after. One this
+    user may not write is only read: ``SchemaNotCurrent`` when it is behind, else nothing to do."""
+    access = registry_access(url)
+    engine = open_engine(url, read_only=access is Access.READ_ONLY)
+    try:
+        if access is Access.READ_ONLY:
+            head = check_current(engine)
+            return head, head
+        return current_revision(engine), upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
