@@ -24,13 +24,17 @@ def agent_command(
     node: Annotated[
         str,
         typer.Option(
-            "--node", envvar="FLEETD_NODE", help="This node's name, as the manifest's `nodes` declares it."
+            "--node",
+            metavar="NAME",
+            envvar="FLEETD_NODE",
+            help="This node's name, as the manifest's `nodes` declares it.",
         ),
     ],
     listen: Annotated[
         str,
         typer.Option(
             "--listen",
+            metavar="HOST:PORT",
             envvar="FLEETD_AGENT_LISTEN",
             help="HOST:PORT of the gRPC server (the manifest's address for this node).",
         ),
@@ -39,6 +43,7 @@ def agent_command(
         str | None,
         typer.Option(
             "--advertise",
+            metavar="HOST:PORT",
             envvar="FLEETD_AGENT_ADVERTISE",
             help="HOST:PORT others reach this node at, when --listen binds 0.0.0.0 (replicas listen on its host).",
             show_default=False,
@@ -47,13 +52,18 @@ def agent_command(
     state_dir: Annotated[
         Path | None,
         typer.Option(
-            "--state-dir", envvar="FLEETD_STATE_DIR", help="Where the agent keeps its state.", show_default=False
+            "--state-dir",
+            metavar="DIR",
+            envvar="FLEETD_STATE_DIR",
+            help="Where the agent keeps its state.",
+            show_default=False,
         ),
     ] = None,
     facts: Annotated[
         Path | None,
         typer.Option(
             "--facts",
+            metavar="FILE",
             envvar="FLEETD_AGENT_FACTS",
             help="JSON {gpu_vendor, total_vram, total_ram} replacing detected hardware (tests, GPUs NVML cannot read).",
             show_default=False,
@@ -61,12 +71,18 @@ def agent_command(
     ] = None,
     ports: Annotated[
         str,
-        typer.Option("--ports", envvar="FLEETD_AGENT_PORTS", help="FIRST-LAST: the ports replicas listen on."),
+        typer.Option(
+            "--ports",
+            metavar="FIRST-LAST",
+            envvar="FLEETD_AGENT_PORTS",
+            help="FIRST-LAST: the ports replicas listen on.",
+        ),
     ] = "18000-18999",
     nats: Annotated[
         str | None,
         typer.Option(
             "--nats",
+            metavar="URL",
             envvar="FLEETD_NATS_URL",
             help="nats://HOST:PORT: join the fleet and heartbeat over NATS.",
             show_default=False,
@@ -76,6 +92,7 @@ def agent_command(
         Path | None,
         typer.Option(
             "--join-token-file",
+            metavar="FILE",
             envvar="FLEETD_JOIN_TOKEN_FILE",
             help="A file holding a token from `fleetd node token create` (needed only to join the first time).",
             show_default=False,

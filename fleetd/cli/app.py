@@ -26,6 +26,7 @@ from fleetd.cli.common import (
     registry_failure,
     validity_summary,
 )
+from fleetd.cli.help_format import FleetdTyper
 from fleetd.cli.logs_command import logs_command
 from fleetd.cli.node_command import node_app
 from fleetd.cli.options import DatabaseUrl, PathsArg
@@ -34,7 +35,7 @@ from fleetd.cli.replica_command import replica_app
 from fleetd.cli.serve_command import serve
 from fleetd.cli.status_command import status_command
 
-app = typer.Typer(
+app = FleetdTyper(
     name="fleetd",
     help="Keep a fleet of self-hosted LLM inference servers in the state that fleet.yaml declares.",
     no_args_is_help=True,
@@ -42,6 +43,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        version()
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", help="Print fleetd's version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
+) -> None:
+    """Options before the command (``fleetd --version``); the help text is the app's."""
 
 
 class ValidateFormat(enum.StrEnum):
@@ -90,25 +107,38 @@ def validate(
 def schema(
     check: Annotated[
         Path | None,
-        typer.Option("--check", help="Compare with this file instead of printing; exit 1 when it differs."),
+        typer.Option(
+            "--check",
+            metavar="FILE",
+            help="Compare with this copy of the schema instead of printing; exit 1 when it differs.",
+            show_default=False,
+            readable=False,  # the command names a file it cannot read
+        ),
     ] = None,
 ) -> None:
-    """Print the manifest's JSON Schema (committed at schemas/fleet.schema.json)."""
-    from fleetd.manifest.schema import schema_text
+    """Print the manifest's JSON Schema, or check a committed copy of it.
 
-    text = schema_text()
+    The copy is committed at schemas/fleet.schema.json."""
+    from fleetd.manifest.schema import SchemaFileState, check_schema_file, schema_text
+
     if check is None:
-        sys.stdout.write(text)
+        sys.stdout.write(schema_text())
         return
-    try:
-        current = check.read_text(encoding="utf-8") if check.exists() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        fail(f"cannot read {check}: {reason}")
-    if current != text:
-        sys.stderr.write(f"{check} is out of date; regenerate it with: fleetd schema > {check}\n")
-        raise typer.Exit(EXIT_ERROR)
-    sys.stdout.write(f"{check} is up to date\n")
+    found = check_schema_file(check)
+    if found.state is SchemaFileState.UP_TO_DATE:
+        sys.stdout.write(f"{check} is up to date\n")
+        return
+    fail(
+        {
+            SchemaFileState.OUT_OF_DATE: f"{check} is out of date; regenerate it with: fleetd schema > {check}",
+            SchemaFileState.MISSING: f"{check} does not exist; create it with: fleetd schema > {check}",
+            SchemaFileState.MANIFEST: (
+                f"{check} looks like a manifest, not a copy of the schema: --check compares the committed "
+                "schema (e.g. schemas/fleet.schema.json); `fleetd validate` checks a manifest"
+            ),
+            SchemaFileState.UNREADABLE: f"cannot read {check}: {found.reason}",
+        }[found.state]
+    )
 
 
 @app.command()
@@ -119,23 +149,22 @@ def inspect(
     ),
 ) -> None:
     """Show the desired state a valid manifest resolves to: defaults merged, units resolved, secrets redacted."""
-    from fleetd.cli.desired_output import render_desired_json, render_desired_text
-    from fleetd.manifest.dumping import dump_manifest
+    from fleetd.cli.desired_output import render_desired_json, render_desired_text, render_desired_yaml
     from fleetd.manifest.loading import load_manifest
 
     loaded = load_manifest(paths or [Path("fleet.yaml")])
-    if loaded.desired is None or loaded.manifest is None:
+    if loaded.desired is None:
         print_invalid(loaded, paths or [Path("fleet.yaml")])
         raise typer.Exit(EXIT_ERROR)
     if output_format is InspectFormat.JSON:
         sys.stdout.write(render_desired_json(loaded.desired, loaded.paths))
     elif output_format is InspectFormat.YAML:
-        sys.stdout.write(dump_manifest(loaded.manifest))
+        sys.stdout.write(render_desired_yaml(loaded.desired, loaded.paths))
     else:
         sys.stdout.write(render_desired_text(loaded.desired, loaded.paths))
 
 
-db_app = typer.Typer(help="The registry database.", no_args_is_help=True)
+db_app = FleetdTyper(help="The registry database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
@@ -196,7 +225,7 @@ def main() -> None:
     "changes pending" to CI. Click's exceptions are matched by shape because typer may vendor its own click.
     """
     try:
-        if sys.argv[1:] == ["version"]:
+        if sys.argv[1:] in (["version"], ["--version"]):
             # Nothing to parse. On the way to a command typer builds a pydantic TypeAdapter for the unset --help
             # flag, importing pydantic: more than half of this command's start-up (bench/startup.py).
             version()

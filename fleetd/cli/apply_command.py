@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleetd.cli.common import EXIT_OK, agent_access, error, fail, load_or_exit, out, registry_errors
+from fleetd.cli.common import (
+    EXIT_OK,
+    agent_access,
+    duration_flag,
+    error,
+    fail,
+    load_or_exit,
+    out,
+    registry_errors,
+)
 from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
 if TYPE_CHECKING:
@@ -34,6 +43,7 @@ def apply_command(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
+            metavar="PATH",
             help="Manifest files or directories of *.yaml files (default: fleet.yaml), or one plan saved with "
             "`fleetd plan --out`.",
             show_default=False,
@@ -48,6 +58,7 @@ def apply_command(
         list[str] | None,
         typer.Option(
             "--target",
+            metavar="NAME",
             help="Only change this instance (and the node actions it needs); may be given several times.",
             show_default=False,
         ),
@@ -59,6 +70,7 @@ def apply_command(
         str,
         typer.Option(
             "--lock-timeout",
+            metavar="DURATION",
             help="How long to wait for another fleetd's apply to finish (a running `fleetd serve` keeps the "
             "lease: apply then stops at once and says so).",
         ),
@@ -73,13 +85,9 @@ def apply_command(
     unhealthy or unschedulable."""
     from fleetd.controlling.cycles import stale_reason
     from fleetd.controlling.oneshot import ApplyRequest, apply_fleet, manifest_targets_unknown
-    from fleetd.core.units import UnitError, parse_duration_ms
     from fleetd.manifest.revision import manifest_revision
 
-    try:
-        lock_timeout_s = parse_duration_ms(lock_timeout) / 1000
-    except UnitError as exc:
-        fail(f"--lock-timeout: {exc}")
+    lock_timeout_s = duration_flag("--lock-timeout", lock_timeout) / 1000
     saved = _saved_plan(paths or [])
     if saved is not None and targets:
         fail("--target cannot narrow a saved plan; pass --target to `fleetd plan --out` instead")

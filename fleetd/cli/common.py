@@ -53,6 +53,17 @@ def parse_flag(flag: str, value: str, parse: Callable[[str], T]) -> T:
         fail(f"{flag}: {exc}")
 
 
+def duration_flag(flag: str, value: str, *, at_least_ms: int = 0) -> int:
+    """A duration flag in milliseconds: ``error: FLAG: 'abc' is not a duration; use ...`` (exit 1) when it is
+    not one, and a line naming the flag when it is shorter than ``at_least_ms``."""
+    from fleetd.core.units import format_duration, parse_duration_ms
+
+    milliseconds = parse_flag(flag, value, parse_duration_ms)
+    if milliseconds < at_least_ms:
+        fail(f"{flag}: {value!r} is too short; give at least {format_duration(at_least_ms)}")
+    return milliseconds
+
+
 def validity_summary(paths: Sequence[str], errors: int, warnings: int, valid: bool) -> str:
     where = ", ".join(paths) if paths else "manifest"
     counts = f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"

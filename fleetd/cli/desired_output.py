@@ -1,21 +1,49 @@
 """Render a ``DesiredState`` for ``fleetd inspect``: what each instance will run with, defaults merged.
 
-Secret environment values show as their ``${env:NAME}`` reference, never a resolved value.
+The JSON and YAML forms are one document: the manifest's paths and digest, and the desired state, with the
+fields that are name -> value maps in the manifest (``options``, ``environment``, ``labels``,
+``node_selector``) written as objects again. Secret environment values show as their ``${env:NAME}``
+reference, never a resolved value.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from fleetd.core.canonical import to_plain
 from fleetd.core.desired import DesiredState, InstanceSpec
 from fleetd.core.units import format_duration, format_size
 
+MAP_FIELDS = frozenset({"options", "environment", "labels", "node_selector"})
+"""Fields the desired state keeps as sorted (name, value) pairs that the manifest writes as maps."""
+
+
+def desired_document(desired: DesiredState, paths: Sequence[str]) -> dict[str, Any]:
+    """What ``--format json`` and ``--format yaml`` print."""
+    return {"manifest": {"paths": list(paths), "digest": desired.digest}, "desired": _maps(to_plain(desired))}
+
 
 def render_desired_json(desired: DesiredState, paths: Sequence[str]) -> str:
-    payload = {"manifest": {"paths": list(paths), "digest": desired.digest}, "desired": to_plain(desired)}
-    return json.dumps(payload, indent=2) + "\n"
+    return json.dumps(desired_document(desired, paths), indent=2) + "\n"
+
+
+def render_desired_yaml(desired: DesiredState, paths: Sequence[str]) -> str:
+    import yaml
+
+    return yaml.safe_dump(desired_document(desired, paths), sort_keys=False, allow_unicode=True, width=115)
+
+
+def _maps(value: Any, key: str | None = None) -> Any:
+    """``to_plain``'s lists of [name, value] pairs, for the fields in ``MAP_FIELDS``, as objects."""
+    if isinstance(value, dict):
+        return {k: _maps(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        if key in MAP_FIELDS and all(isinstance(p, list) and len(p) == 2 for p in value):
+            return {str(name): _maps(item) for name, item in value}
+        return [_maps(item) for item in value]
+    return value
 
 
 def render_desired_text(desired: DesiredState, paths: Sequence[str]) -> str:

@@ -31,11 +31,17 @@ def logs_command(
     ] = False,
     tail: Annotated[
         int,
-        typer.Option("--tail", min=0, help="Print the last N lines first (0: none; with -f, only new output)."),
+        typer.Option(
+            "--tail", min=0, metavar="N", help="Print the last N lines first (0: none; with -f, only new output)."
+        ),
     ] = 100,
     node: Annotated[
         str | None,
-        typer.Option("--node", help="The node of replica N, when two nodes list one (a replacement under way)."),
+        typer.Option(
+            "--node",
+            metavar="NAME",
+            help="The node of replica N, when two nodes list one (a replacement under way).",
+        ),
     ] = None,
     *,
     database_url: DatabaseUrl = None,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleetd.cli.common import fail, out, registry_errors
+from fleetd.cli.common import duration_flag, fail, out, registry_errors
+from fleetd.cli.help_format import FleetdTyper
 from fleetd.cli.options import DatabaseUrl
 from fleetd.cli.table_output import approx_size, one_line, table
 
@@ -25,12 +26,13 @@ if TYPE_CHECKING:
     from fleetd.controlling.node_admin import NodeChange, NodeRow
     from fleetd.registry.join_tokens import JoinTokenInfo
 
-node_app = typer.Typer(help="Registered nodes: join tokens, approval, draining, removal.", no_args_is_help=True)
-token_app = typer.Typer(help="Join tokens, which let new agents register.", no_args_is_help=True)
+node_app = FleetdTyper(help="Registered nodes: join tokens, approval, draining, removal.", no_args_is_help=True)
+token_app = FleetdTyper(help="Join tokens, which let new agents register.", no_args_is_help=True)
 node_app.add_typer(token_app, name="token")
 
 NodeName = Annotated[
-    str, typer.Argument(help="The node's name (`fleetd node list` shows them).", show_default=False)
+    str,
+    typer.Argument(metavar="NAME", help="The node's name (`fleetd node list` shows them).", show_default=False),
 ]
 
 
@@ -57,20 +59,20 @@ def _admin(database_url: str | None) -> Iterator[None]:
 @token_app.command("create")
 def token_create(
     ttl: Annotated[
-        str, typer.Option("--ttl", help="How long the token admits registrations (at most 30d), e.g. 1h, 2d.")
+        str,
+        typer.Option(
+            "--ttl", metavar="DURATION", help="How long the token admits registrations (at most 30d), e.g. 1h, 2d."
+        ),
     ] = "1h",
-    uses: Annotated[int, typer.Option("--uses", help="How many nodes may register with it.")] = 1,
+    uses: Annotated[int, typer.Option("--uses", metavar="N", help="How many nodes may register with it.")] = 1,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a join token: printed once on stdout, alone (its id and expiry go to stderr)."""
     from fleetd.controlling.node_admin import MAX_TOKEN_TTL_MS, create_token
     from fleetd.core.timestamps import iso_from_ms
-    from fleetd.core.units import UnitError, format_duration, parse_duration_ms
+    from fleetd.core.units import format_duration
 
-    try:
-        ttl_ms = parse_duration_ms(ttl)
-    except UnitError as exc:
-        fail(f"--ttl: {exc}")
+    ttl_ms = duration_flag("--ttl", ttl)
     if not 0 < ttl_ms <= MAX_TOKEN_TTL_MS:
         fail(f"--ttl {ttl}: a join token lives more than 0s and at most 30d; e.g. --ttl 1h")
     if uses < 1:

@@ -13,6 +13,7 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
+        metavar="URL",
         envvar="FLEETD_DATABASE_URL",
         help="SQLAlchemy URL (postgresql+psycopg://...); default: SQLite under $FLEETD_STATE_DIR.",
         show_default=False,
@@ -22,6 +23,7 @@ DatabaseUrl = Annotated[
 PathsArg = Annotated[
     list[Path] | None,
     typer.Argument(
+        metavar="PATH",
         help="Manifest files or directories of *.yaml files (default: fleet.yaml).",
         show_default=False,
         readable=False,  # the manifest loader names an unreadable file, as it names every other problem
@@ -32,6 +34,7 @@ TlsCert = Annotated[
     Path | None,
     typer.Option(
         "--tls-cert",
+        metavar="FILE",
         envvar="FLEETD_TLS_CERT",
         help="This process's certificate (PEM) for mutual TLS with the agents (with --tls-key and --tls-ca).",
         show_default=False,
@@ -40,13 +43,18 @@ TlsCert = Annotated[
 TlsKey = Annotated[
     Path | None,
     typer.Option(
-        "--tls-key", envvar="FLEETD_TLS_KEY", help="The private key of --tls-cert (PEM).", show_default=False
+        "--tls-key",
+        metavar="FILE",
+        envvar="FLEETD_TLS_KEY",
+        help="The private key of --tls-cert (PEM).",
+        show_default=False,
     ),
 ]
 TlsCa = Annotated[
     Path | None,
     typer.Option(
         "--tls-ca",
+        metavar="FILE",
         envvar="FLEETD_TLS_CA",
         help="The CA that signed the peers' certificates (PEM).",
         show_default=False,

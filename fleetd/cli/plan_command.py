@@ -41,6 +41,7 @@ def plan_command(
         Path | None,
         typer.Option(
             "--observed",
+            metavar="FILE",
             help="Plan against this observed-state snapshot (fleetd status --format json) instead of the "
             "registry; touches no database or network.",
             show_default=False,
@@ -48,7 +49,9 @@ def plan_command(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Save the plan here, for `fleetd apply FILE`.", show_default=False),
+        typer.Option(
+            "--out", "-o", metavar="FILE", help="Save the plan here, for `fleetd apply FILE`.", show_default=False
+        ),
     ] = None,
     output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="Output format.")] = PlanFormat.TEXT,
     allow_empty: Annotated[
@@ -58,6 +61,7 @@ def plan_command(
         str | None,
         typer.Option(
             "--revision",
+            metavar="REVISION",
             help="The manifest's revision (e.g. a git SHA) to record in the plan.",
             show_default=False,
         ),

@@ -16,21 +16,28 @@ from typing import Annotated
 import typer
 
 from fleetd.cli.common import EXIT_OK, agent_access, error, fail, load_or_exit, out, registry_errors
+from fleetd.cli.help_format import FleetdTyper
 from fleetd.cli.options import DatabaseUrl, Insecure, TlsCa, TlsCert, TlsKey
 
-replica_app = typer.Typer(help="Act on replicas directly.", no_args_is_help=True)
+replica_app = FleetdTyper(help="Act on replicas directly.", no_args_is_help=True)
 
 
 @replica_app.command("restart")
 def restart_command(
     target: Annotated[
-        str, typer.Argument(help="INSTANCE (every replica of it) or INSTANCE/N (replica N).", show_default=False)
+        str,
+        typer.Argument(
+            metavar="INSTANCE[/N]",
+            help="INSTANCE (every replica of it) or INSTANCE/N (replica N).",
+            show_default=False,
+        ),
     ],
     paths: Annotated[
         list[Path] | None,
         typer.Option(
             "--manifest",
             "-m",
+            metavar="PATH",
             help="The manifest (default: fleet.yaml).",
             show_default=False,
             readable=False,  # the manifest loader names an unreadable file

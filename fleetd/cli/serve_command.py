@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleetd.cli.common import agent_access, os_error_line, parse_flag, registry_errors
+from fleetd.cli.common import agent_access, duration_flag, fail, os_error_line, parse_flag, registry_errors
 from fleetd.cli.options import DatabaseUrl, Insecure, LogFormatOption, TlsCa, TlsCert, TlsKey
 from fleetd.daemon.log_format import LogFormat
+
+if TYPE_CHECKING:
+    from fleetd.daemon.serve import Liveness
 
 EXIT_ERROR = 1
 
@@ -23,6 +26,7 @@ def serve(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
+            metavar="PATH",
             help="Manifest files or directories of *.yaml files (default: fleet.yaml).",
             show_default=False,
             readable=False,  # serve reports an unreadable manifest as an invalid one, and waits for a fix
@@ -30,11 +34,15 @@ def serve(
     ] = None,
     *,
     interval: Annotated[
-        str, typer.Option("--interval", help="Reconcile at least this often (e.g. 10s, 1m).")
+        str, typer.Option("--interval", metavar="DURATION", help="Reconcile at least this often (e.g. 10s, 1m).")
     ] = "10s",
     http: Annotated[
         str,
-        typer.Option("--http", help="Address of /healthz, /readyz, /metrics and /status (HOST:PORT, or 'off')."),
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Address of /healthz, /readyz, /metrics and /status (HOST:PORT, or 'off').",
+        ),
     ] = "127.0.0.1:9464",
     stop_on_exit: Annotated[
         bool, typer.Option("--stop-on-exit", help="Stop the replicas on shutdown (default: leave them running).")
@@ -45,6 +53,7 @@ def serve(
         str | None,
         typer.Option(
             "--nats",
+            metavar="URL",
             envvar="FLEETD_NATS_URL",
             help="nats://HOST:PORT: admit nodes and take heartbeats over NATS.",
             show_default=False,
@@ -53,25 +62,33 @@ def serve(
     nats_listen: Annotated[
         str | None,
         typer.Option(
-            "--nats-listen", help="HOST:PORT: run the bundled nats-server there and use it.", show_default=False
+            "--nats-listen",
+            metavar="HOST:PORT",
+            help="HOST:PORT: run the bundled nats-server there and use it.",
+            show_default=False,
         ),
     ] = None,
     unhealthy_after: Annotated[
         str,
         typer.Option(
-            "--unhealthy-after", help="A node silent this long is unhealthy: nothing new is placed there."
+            "--unhealthy-after",
+            metavar="DURATION",
+            help="A node silent this long is unhealthy: nothing new is placed there.",
         ),
     ] = "6s",
     lost_after: Annotated[
         str,
         typer.Option(
-            "--lost-after", help="A node silent this long is lost: its replicas are re-placed elsewhere."
+            "--lost-after",
+            metavar="DURATION",
+            help="A node silent this long is lost: its replicas are re-placed elsewhere.",
         ),
     ] = "20s",
     max_replacements: Annotated[
         int,
         typer.Option(
             "--max-replacements",
+            metavar="N",
             help="Replicas of lost nodes re-placed per cycle; the rest wait for the next one.",
         ),
     ] = 20,
@@ -82,37 +99,24 @@ def serve(
     log_format: LogFormatOption = LogFormat.LOGFMT,
 ) -> None:
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
-    from fleetd.core.units import UnitError, parse_duration_ms
     from fleetd.daemon.http_api import parse_address
     from fleetd.daemon.nats_server import NatsServerError
-    from fleetd.daemon.serve import Liveness, ServeOptions
+    from fleetd.daemon.serve import ServeOptions
     from fleetd.daemon.serve import serve as run_serve
     from fleetd.transport.bus_api import BusError
     from fleetd.transport.security import SecurityError
 
-    address = None if http == "off" else parse_flag("--http", http, parse_address)
-    bus_listen = parse_flag("--nats-listen", nats_listen, parse_address) if nats_listen is not None else None
-    try:
-        interval_ms = parse_duration_ms(interval)
-        ttl_ms = parse_duration_ms(lease_ttl)
-        liveness = Liveness(parse_duration_ms(unhealthy_after), parse_duration_ms(lost_after), max_replacements)
-    except (UnitError, ValueError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(EXIT_ERROR) from None
-    if interval_ms <= 0 or ttl_ms < 300:
-        sys.stderr.write("error: --interval must be positive and --lease-ttl at least 300ms\n")
-        raise typer.Exit(EXIT_ERROR)
     options = ServeOptions(
         paths=tuple(paths or [Path("fleet.yaml")]),
-        interval_s=interval_ms / 1000,
-        http=address,
+        interval_s=duration_flag("--interval", interval, at_least_ms=1) / 1000,
+        http=None if http == "off" else parse_flag("--http", http, parse_address),
         stop_on_exit=stop_on_exit,
         database_url=database_url,
-        lease_ttl_s=ttl_ms / 1000,
+        lease_ttl_s=duration_flag("--lease-ttl", lease_ttl, at_least_ms=300) / 1000,
         access=agent_access(tls_cert, tls_key, tls_ca, insecure),
         nats_url=nats,
-        nats_listen=bus_listen,
-        liveness=liveness,
+        nats_listen=parse_flag("--nats-listen", nats_listen, parse_address) if nats_listen is not None else None,
+        liveness=_liveness(unhealthy_after, lost_after, max_replacements),
         log_format=log_format,
     )
     if nats and nats_listen:
@@ -128,3 +132,15 @@ def serve(
         sys.stderr.write(f"error: fleetd serve: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(code)
+
+
+def _liveness(unhealthy_after: str, lost_after: str, max_replacements: int) -> Liveness:
+    """When a silent node is unhealthy and when lost; each flag named when it is not a duration."""
+    from fleetd.daemon.serve import Liveness
+
+    unhealthy_ms = duration_flag("--unhealthy-after", unhealthy_after, at_least_ms=1)
+    lost_ms = duration_flag("--lost-after", lost_after, at_least_ms=1)
+    try:
+        return Liveness(unhealthy_ms, lost_ms, max_replacements)
+    except ValueError as exc:  # its message names the flags
+        fail(str(exc))

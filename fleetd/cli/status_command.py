@@ -41,6 +41,7 @@ def status_command(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
+            metavar="PATH",
             help="Manifest files or directories to compare with (default: ./fleet.yaml when it exists).",
             show_default=False,
             readable=False,  # the manifest loader names an unreadable file

@@ -274,13 +274,13 @@ def test_the_agent_names_an_invalid_listen_address(tmp_path: Path, address: str)
 # (d) a manifest that cannot be read ---------------------------------------------------------------------------
 
 
-def unreadable_manifest(tmp_path: Path, how: str) -> Path:
+def unreadable_manifest(tmp_path: Path, how: str, suffix: str = ".yaml") -> Path:
     if how == "missing":
-        return tmp_path / "missing.yaml"
+        return tmp_path / f"missing{suffix}"
     if how == "a directory":
         (tmp_path / "manifests").mkdir()
         return tmp_path / "manifests"
-    path = tmp_path / "broken.yaml"
+    path = tmp_path / f"broken{suffix}"
     if how == "not UTF-8":
         path.write_bytes(b"version: 1\n\xff\xfe\n")
     else:
@@ -306,7 +306,7 @@ def test_an_unreadable_manifest_is_named(tmp_path: Path, command: Command, how: 
 
 @pytest.mark.parametrize("how", UNREADABLE)
 def test_schema_check_names_an_unreadable_file(tmp_path: Path, how: str) -> None:
-    path = unreadable_manifest(tmp_path, how)
+    path = unreadable_manifest(tmp_path, how, ".json")
     result = run_fleetd(
         ["schema", "--check", str(path)], env=fleetd_env(tmp_path / "state"), as_user=how == "not readable"
     )

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fleet.yaml"
@@ -127,6 +128,33 @@ def test_schema_check_detects_a_stale_copy(tmp_path: Path) -> None:
     assert "out of date" in result.stderr
 
 
+def test_schema_check_of_a_missing_file_says_how_to_create_it(tmp_path: Path) -> None:
+    missing = tmp_path / "fleet.schema.json"
+    result = fleetd("schema", "--check", str(missing))
+    assert result.returncode == 1
+    assert result.stderr == f"error: {missing} does not exist; create it with: fleetd schema > {missing}\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("fleet.yaml", None),  # missing, but a manifest's name
+        ("fleet.yaml", "version: 1\ninstances: {}\n"),
+        ("fleet.yml", "version: 1\n"),
+        ("fleet.json", '{"version": 1, "backends": {}, "instances": {}}\n'),
+    ],
+)
+def test_schema_check_never_suggests_overwriting_a_manifest(tmp_path: Path, name: str, text: str | None) -> None:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    result = fleetd("schema", "--check", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {path} looks like a manifest, not a copy of the schema")
+    assert "fleetd schema >" not in result.stderr
+    assert text is None or path.read_text() == text
+
+
 def test_inspect_shows_resolved_state_and_never_a_secret_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_super_secret_value")
     text = fleetd("inspect", str(EXAMPLE))
@@ -136,9 +164,27 @@ def test_inspect_shows_resolved_state_and_never_a_secret_value(monkeypatch: pyte
     payload = json.loads(as_json.stdout)
     assert payload["manifest"]["digest"].startswith("sha256:")
     llama = next(i for i in payload["desired"]["instances"] if i["name"] == "llama-8b")
-    assert llama["environment"] == [["HF_TOKEN", {"template": "${env:HF_TOKEN}", "secret": True}]]
-    for output in (text.stdout, as_json.stdout):
+    assert llama["environment"] == {"HF_TOKEN": {"template": "${env:HF_TOKEN}", "secret": True}}
+    as_yaml = fleetd("inspect", "--format", "yaml", str(EXAMPLE))
+    for output in (text.stdout, as_json.stdout, as_yaml.stdout):
         assert "hf_super_secret_value" not in output
+
+
+def test_inspect_json_and_yaml_are_the_same_resolved_state_with_maps_as_objects() -> None:
+    as_json = fleetd("inspect", "--format", "json", str(EXAMPLE))
+    as_yaml = fleetd("inspect", "--format", "yaml", str(EXAMPLE))
+    assert as_json.returncode == as_yaml.returncode == 0, as_json.stderr + as_yaml.stderr
+    document = json.loads(as_json.stdout)
+    assert yaml.safe_load(as_yaml.stdout) == document, "yaml shows the resolved state, as json does"
+    llama = next(i for i in document["desired"]["instances"] if i["name"] == "llama-8b")
+    assert llama["options"] == {
+        "enable_prefix_caching": True,
+        "gpu_memory_utilization": 0.85,
+        "max_model_len": 16384,
+    }
+    assert llama["restart"]["restart_delay_ms"] == 5000, "defaults are merged in"
+    gpu_a = next(n for n in document["desired"]["nodes"] if n["name"] == "gpu-a")
+    assert gpu_a["labels"] == {"tier": "fast", "zone": "eu-1"}
 
 
 def test_inspect_refuses_an_invalid_manifest(invalid: Path) -> None:
