@@ -46,7 +46,7 @@ def fail(message: str) -> NoReturn:
 
 
 def parse_flag(flag: str, value: str, parse: Callable[[str], T]) -> T:
-    """``parse(value)``; a ``ValueError`` (its message names the value) becomes ``error: FLAG: message``, exit 1."""
+    """``parse(value)``; a ``ValueError`` (its message names the value) is ``error: FLAG: message``, exit 1."""
     try:
         return parse(value)
     except ValueError as exc:

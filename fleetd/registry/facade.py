@@ -218,6 +218,6 @@ class Registry:
             return apply_log.record(conn, entry, lease=lease)
 
     def ever_applied(self) -> bool:
-        """Whether a controller (``fleetd apply`` or ``serve``) ever applied a plan here: the apply log has a row."""
+        """Whether a controller (``fleetd apply`` or ``serve``) ever applied a plan here (an apply log row)."""
         with read_only(self.engine) as conn:
             return apply_log.any_recorded(conn)
