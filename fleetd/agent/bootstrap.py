@@ -1,5 +1,5 @@
 """The node's own certificate from the TLS bootstrap: where it is kept, whether it still serves, storing a new one
-(DESIGN.md sections 3 and 11).
+(architecture.md §3).
 
 ``fleetd agent --nats URL`` without ``--tls-*`` files or ``--insecure`` serves its gRPC command path with the
 certificate the controller's CA signed at registration. The files live in ``<state-dir>/agent/tls``: ``node.key``

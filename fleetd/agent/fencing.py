@@ -1,4 +1,4 @@
-"""Fencing at the agent: the highest controller lease epoch this node has obeyed, persisted (DESIGN.md §3).
+"""Fencing at the agent: the highest controller lease epoch this node has obeyed, persisted (architecture.md §3).
 
 Every mutating command (install, load, restart, unload) carries the epoch of the controller lease its sender
 holds. The agent obeys an epoch at least as high as the highest it has seen and refuses a lower one, so a

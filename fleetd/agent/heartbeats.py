@@ -1,4 +1,5 @@
-"""The agent's heartbeat: its node's facts, backends and replicas, signed, on the bus every 2 s (DESIGN.md §3).
+"""The agent's heartbeat: its node's facts, backends and replicas, signed, on the bus every 2 s
+(architecture.md §3).
 
 A heartbeat is the node saying "I am here, and this is what I run"; the controller writes it to the registry
 and marks a silent node unhealthy, then lost. It carries a ``boot`` id (new for every agent process) and a

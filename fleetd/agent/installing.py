@@ -1,4 +1,4 @@
-"""Make a backend runnable on this node: a pip venv, a checked binary, or a pulled image (DESIGN.md section 5).
+"""Make a backend runnable on this node: a pip venv, a checked binary, or a pulled image (architecture.md §5).
 
 ``install_backend`` is the agent's side of the ``install_backend`` action. It is idempotent: a marker file
 ``<state>/backends/<name>/installed.json`` records the recipe (backend type, install kind and spec), the

@@ -1,5 +1,5 @@
 """How an agent joins its fleet over the bus: with a join token the first time, with its own credential after
-(DESIGN.md section 3, "Admission").
+(architecture.md §3, "Admission").
 
 The credential the controller gives in exchange for the token is written to ``<state-dir>/agent/credential``
 (mode 0600, atomically) and is the node's identity from then on: a restarted agent rejoins with it, and signs its

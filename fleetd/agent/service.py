@@ -1,4 +1,4 @@
-"""``AgentService``: the node's ``LocalAgent`` behind gRPC, for ``fleetd agent`` (DESIGN.md section 3).
+"""``AgentService``: the node's ``LocalAgent`` behind gRPC, for ``fleetd agent`` (architecture.md §3).
 
 Each call names the node it is meant for, and is refused when this agent is another node (an address in the
 manifest pointing at the wrong machine). Mutating calls pass the ``EpochGuard`` first. What the local agent

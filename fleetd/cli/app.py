@@ -1,6 +1,6 @@
 """The typer application: ``fleetd validate``, ``schema``, ``inspect``, ``plan``, ``db`` and ``version``.
 
-Exit codes follow DESIGN.md section 5: 0 valid / nothing to do, 1 error or invalid, 2 changes pending
+Exit codes follow architecture.md §5: 0 valid / nothing to do, 1 error or invalid, 2 changes pending
 (plan). Usage errors exit 1 too, so that CI never mistakes a typo in a flag for "changes pending".
 """
 

@@ -1,5 +1,5 @@
 """What every command shares: exit codes, one-line errors, the manifest loaded or its diagnostics printed, and
-a database failure turned into one line that names the registry (DESIGN.md section 5; never a traceback).
+a database failure turned into one line that names the registry (architecture.md §5; never a traceback).
 
 This module is the bottom of ``fleetd.cli``: the command modules import it, it imports none of them.
 """

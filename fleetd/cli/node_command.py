@@ -1,5 +1,5 @@
 """``fleetd node ...``: join tokens (``token create|list|revoke``) and registered nodes (``list``, ``approve``,
-``drain``, ``undrain``, ``remove``), the admission steps of DESIGN.md section 3 done by hand.
+``drain``, ``undrain``, ``remove``), the admission steps of architecture.md §3 done by hand.
 
 This module parses flags and prints; ``fleetd.controlling.node_admin`` decides. ``token create`` writes the
 token, and nothing else, on stdout (``TOKEN=$(fleetd node token create)``) and its id and expiry on stderr: the

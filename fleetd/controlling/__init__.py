@@ -1,4 +1,4 @@
-"""The one controller path (DESIGN.md sections 1-3): observe -> plan -> save -> apply.
+"""The one controller path (architecture.md §1-§3): observe -> plan -> save -> apply.
 
 ``fleetd plan``, ``apply``, ``status`` and the ``serve`` loop call the functions of this layer and nothing
 else decides: a ``Fleet`` (embedded today, distributed next) gives the registry, an ``AgentClient`` per node and

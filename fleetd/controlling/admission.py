@@ -1,4 +1,4 @@
-"""Registration over the bus: a joining agent's request on ``fleetd.register``, answered (DESIGN.md §3).
+"""Registration over the bus: a joining agent's request on ``fleetd.register``, answered (architecture.md §3).
 
 With a join token: the token is spent, the node registered ``pending`` (``healthy`` once approved: by the
 manifest's ``approved: true`` through the planner's approve action, by ``fleetd node approve``, or by an earlier

@@ -1,4 +1,4 @@
-"""The one observe -> plan -> save -> apply path (DESIGN.md section 1): ``plan_once`` and ``apply_once``.
+"""The one observe -> plan -> save -> apply path (architecture.md §1): ``plan_once`` and ``apply_once``.
 
 ``fleetd plan`` calls ``plan_once``; ``fleetd apply`` calls ``plan_once`` then ``apply_once`` (or only
 ``apply_once`` for a saved plan, after ``stale_reason`` found it fresh); ``fleetd status`` plans to say whether

@@ -1,4 +1,4 @@
-"""``DistributedFleet``: one controller driving many nodes, each through its ``fleetd agent`` (DESIGN.md §3).
+"""``DistributedFleet``: one controller driving many nodes, each through its ``fleetd agent`` (architecture.md §3).
 
 The manifest says which mode a fleet is in: a node declared with an ``address`` has an agent there, reached
 over gRPC (``GrpcAgentClient``). A fleet with such nodes is distributed; the one declared node without an

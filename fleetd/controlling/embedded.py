@@ -1,4 +1,4 @@
-"""The embedded mode (DESIGN.md section 3): a SQLite registry under the state dir and one in-process agent for
+"""The embedded mode (architecture.md §3): a SQLite registry under the state dir and one in-process agent for
 the local node, so that ``fleetd apply``, ``fleetd status`` and ``fleetd serve`` share one code path.
 
 ``observe()`` is the first step of every reconcile cycle: the agent is the truth about its own processes, so

@@ -1,4 +1,4 @@
-"""``vram: auto`` estimates for the planner, asked of the agents (DESIGN.md section 3: the agent of the node
+"""``vram: auto`` estimates for the planner, asked of the agents (architecture.md §3: the agent of the node
 that has the model file estimates it; the controller never opens a model).
 
 An instance's allow-listed nodes are asked first, then every other node with an agent, in name order; the first

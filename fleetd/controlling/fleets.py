@@ -1,4 +1,4 @@
-"""``Fleet``: what a reconcile cycle needs of the nodes, whatever the mode (DESIGN.md section 3).
+"""``Fleet``: what a reconcile cycle needs of the nodes, whatever the mode (architecture.md §3).
 
 The registry (what was recorded), an ``AgentClient`` per reachable node (the only way to act on a node), and
 ``observe()``: bring the registry up to date with what the agents report, then take one consistent snapshot

@@ -1,4 +1,4 @@
-"""Heartbeat ingest: nodes' signed reports from the bus, written to the registry in batches (DESIGN.md §3).
+"""Heartbeat ingest: nodes' signed reports from the bus, written to the registry in batches (architecture.md §3).
 
 ``offer`` runs on the bus's handler thread for every message and does only what must be done per message: size
 and version checks, the node's key (cached), the HMAC over the body's bytes as received, the readings, and the

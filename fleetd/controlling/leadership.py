@@ -1,4 +1,4 @@
-"""The ``controller`` lease: one controller changes the fleet at a time (DESIGN.md section 3).
+"""The ``controller`` lease: one controller changes the fleet at a time (architecture.md §3).
 
 Why a lease and not a lock file: the registry may be PostgreSQL shared by several machines, a killed controller
 must not leave a lock that someone has to break by hand (LESSONS.md: Terraform's stale locks), and the lease's

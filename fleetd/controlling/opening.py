@@ -1,4 +1,4 @@
-"""Which fleet a controller opens for a manifest: embedded, or distributed (DESIGN.md section 3).
+"""Which fleet a controller opens for a manifest: embedded, or distributed (architecture.md §3).
 
 A manifest none of whose nodes has an ``address`` runs embedded: one in-process agent, as before, unless nodes
 joined over the bus (or ``serve`` runs one). A node with an address, or one that joined, makes the fleet

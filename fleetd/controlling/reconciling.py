@@ -1,4 +1,4 @@
-"""``Reconciler.cycle()``: one reconcile cycle of ``fleetd serve`` (DESIGN.md section 1): read the manifest,
+"""``Reconciler.cycle()``: one reconcile cycle of ``fleetd serve`` (architecture.md §1): read the manifest,
 observe, plan, save, apply, observe again, through ``plan_once`` and ``apply_once``.
 
 A cycle runs to completion and is level-triggered: it reads the manifest and the fleet as they are now and

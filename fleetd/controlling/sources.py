@@ -1,7 +1,7 @@
 """Where the manifest comes from: a ``ManifestSource`` gives the manifest's files and their revision.
 
 ``PathSource`` reads files and directories on this machine (the revision is the git commit of their checkout,
-``-dirty`` when they differ from it); the git remote source of DESIGN.md section 10 is another implementation.
+``-dirty`` when they differ from it); a git remote source would be another implementation.
 ``ManifestTracker`` turns what a source reads into the desired state a cycle reconciles to, keeping the last
 good one while the manifest is invalid (Argo CD keeps the last synced revision).
 """

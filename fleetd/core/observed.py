@@ -1,7 +1,7 @@
 """The observed state: what the registry, agent reports and probes say the fleet looks like now.
 
 This is the planner's second input and the format of ``fleetd status --format json`` / ``plan --observed``
-(DESIGN.md section 5). ``fingerprint`` hashes exactly what a plan depends on, so that a saved plan can be
+(architecture.md §5). ``fingerprint`` hashes exactly what a plan depends on, so that a saved plan can be
 refused as stale when any of it changed, and only then.
 """
 

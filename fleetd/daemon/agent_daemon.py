@@ -1,4 +1,4 @@
-"""``fleetd agent``: the process on every GPU node that the controller commands over gRPC (DESIGN.md §3).
+"""``fleetd agent``: the process on every GPU node that the controller commands over gRPC (architecture.md §3).
 
 The wiring only: the same ``LocalAgent`` as the embedded mode (supervisor, probes, installer, adoption, VRAM
 estimates), the ``EpochGuard`` that fences deposed controllers, and the gRPC server. On start it adopts the

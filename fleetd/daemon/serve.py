@@ -1,4 +1,4 @@
-"""``fleetd serve``: reconcile continuously, as Argo CD's self-heal does for Kubernetes (DESIGN.md sections 1, 3).
+"""``fleetd serve``: reconcile continuously, as Argo CD's self-heal does for Kubernetes (architecture.md §1, §3).
 
 The wiring of the parts, nothing more: triggers (interval tick, manifest watcher, SIGHUP, leadership changes,
 replica events from the agent) funnel into one worker that runs ``Reconciler.cycle`` one at a time; the

@@ -1,4 +1,4 @@
-"""What makes ``fleetd serve`` run a cycle, and the one worker that runs them (DESIGN.md section 1).
+"""What makes ``fleetd serve`` run a cycle, and the one worker that runs them (architecture.md §1).
 
 Every trigger (the APScheduler interval tick, a watchfiles change of the manifest, SIGHUP, a change of
 leadership) only sets one ``Event``; a single worker thread waits on it, clears it and runs a cycle. So cycles

@@ -1,4 +1,4 @@
-"""Executing a plan: ``apply_plan(plan, desired, registry, agents) -> ApplyReport`` (DESIGN.md sections 1 and 5).
+"""Executing a plan: ``apply_plan(plan, desired, registry, agents) -> ApplyReport`` (architecture.md §1 and §5).
 
 The layer between the pure planner and the nodes: it runs each action through one idempotent step, in an
 order that respects ``depends_on``, writing durable intent and VRAM reservations to the registry and talking to

@@ -1,4 +1,5 @@
-"""``apply_plan``: run a plan's actions through their steps, in dependency order and in parallel (DESIGN.md §1, §5).
+"""``apply_plan``: run a plan's actions through their steps, in dependency order and in parallel
+(architecture.md §1, §5).
 
 Independent actions run at once on a thread pool (agent calls wait on processes starting, so threads suffice),
 at most ``per_node_limit`` at a time on one node so that a node is never asked to start many processes at once.

@@ -1,4 +1,4 @@
-"""The leader's fence for an apply: the lease it holds and its epoch (DESIGN.md section 3, several controllers).
+"""The leader's fence for an apply: the lease it holds and its epoch (architecture.md §3, several controllers).
 
 An executor started by a leader carries its ``Fence``; every registry write of the apply checks the epoch in
 its own transaction (``leases.fence``), so a deposed leader's executor stops at its next step instead of

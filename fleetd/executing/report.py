@@ -1,7 +1,7 @@
 """What an apply did, action by action: the value ``apply_plan`` returns and ``fleetd apply`` turns into output.
 
-Kept apart from the executor so the CLI and the daemon can read a report (and its exit code, DESIGN.md
-section 5: 0 converged and healthy, 1 error, 3 applied but unhealthy or unschedulable) without the machinery
+Kept apart from the executor so the CLI and the daemon can read a report (and its exit code, architecture.md
+§5: 0 converged and healthy, 1 error, 3 applied but unhealthy or unschedulable) without the machinery
 that produced it.
 """
 

@@ -1,4 +1,4 @@
-"""Manifest v1 as pydantic models: the schema of ``fleet.yaml`` (DESIGN.md section 4).
+"""Manifest v1 as pydantic models: the schema of ``fleet.yaml`` (architecture.md §4).
 
 Strict: unknown keys are errors, ``"8192"`` is not an integer, ``yes`` is not a string. Durations are kept
 as integer milliseconds and sizes as bytes (the manifest may write either units or bare integers). Fields

@@ -1,4 +1,4 @@
-"""Checks beyond the schema (DESIGN.md section 4): references, bounds, feasibility against declared nodes,
+"""Checks beyond the schema (architecture.md §4): references, bounds, feasibility against declared nodes,
 backend options, secrets.
 
 Each check is a small function over the merged manifest that yields ``(severity, path, message, at_key)``;

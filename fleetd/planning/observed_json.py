@@ -1,5 +1,5 @@
 """The observed-state snapshot format: what ``fleetd status --format json`` writes and ``fleetd plan --observed``
-reads (DESIGN.md section 5).
+reads (architecture.md §5).
 
 ```json
 {"nodes": [{"name": "gpu-a", "status": "healthy", "approved": true, "labels": {"zone": "eu-1"},

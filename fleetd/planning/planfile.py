@@ -64,7 +64,7 @@ class SavedPlan:
 
 
 def plan_document(plan: Plan, manifest_paths: Sequence[str]) -> dict[str, Any]:
-    """The plan as plain JSON data, in the key order it is written (DESIGN.md section 5)."""
+    """The plan as plain JSON data, in the key order it is written (architecture.md §5)."""
     return {
         "format_version": FORMAT_VERSION,
         "plan_hash": plan.hash,

@@ -1,4 +1,4 @@
-"""``plan(desired, observed, now_ms=...) -> Plan``: the pure core of fleetd (DESIGN.md sections 5 and 6).
+"""``plan(desired, observed, now_ms=...) -> Plan``: the pure core of fleetd (architecture.md §5 and §6).
 
 It compares what the manifest declares with what the registry observed and returns the actions that close the
 gap, each with a reason: node approvals, labels and drains first (``node_actions``); then, instance by instance

@@ -1,4 +1,4 @@
-"""The plan: a frozen value that says what apply will do and why (DESIGN.md section 5).
+"""The plan: a frozen value that says what apply will do and why (architecture.md §5).
 
 Like Terraform's ``internal/plans``: every action has a stable id (``load:qwen-7b:gpu-a:0``), a reason for
 people (the executor never branches on it), the ids it depends on, and typed details: one frozen class per

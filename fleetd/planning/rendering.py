@@ -96,7 +96,7 @@ def render_text(plan: Plan, manifest_paths: Sequence[str] = ()) -> str:
 
 
 def render_json(plan: Plan, manifest_paths: Sequence[str] = ()) -> str:
-    """The DESIGN.md section 5 document, plus ``plan_hash``, ``created_at``, ``notes`` and each action's
+    """The architecture.md §5 document, plus ``plan_hash``, ``created_at``, ``notes`` and each action's
     ``backend``; byte for byte what ``fleetd plan --out`` saves."""
     return dumps_plan(plan, manifest_paths)
 

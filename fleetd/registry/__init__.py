@@ -1,4 +1,4 @@
-"""The registry: fleetd's memory of what is observed and what was applied (DESIGN.md section 7).
+"""The registry: fleetd's memory of what is observed and what was applied (architecture.md §7).
 
 SQLite by default (zero setup), PostgreSQL for fleets with several controllers. Modules hold the queries of
 one concern each (``nodes``, ``reservations``, ``pending_ops``, ``leases``, ``replicas``, ``instances``,

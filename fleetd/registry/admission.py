@@ -1,5 +1,5 @@
 """Admitting a node: its join token spent, the node registered and its credential stored, in ONE transaction
-(DESIGN.md section 3, "Admission"), so that a crash between the steps cannot spend a token without admitting
+(architecture.md §3, "Admission"), so that a crash between the steps cannot spend a token without admitting
 the node, nor admit a node without spending the token. Only hashes are stored."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What an agent reports, written to the registry: the first step of every observation (DESIGN.md section 3).
+"""What an agent reports, written to the registry: the first step of every observation (architecture.md §3).
 
 An agent is the truth about its own node: its readings become a heartbeat, its installed backends the node's
 backend list, and its replicas the node's replica rows (a row the agent no longer reports is removed: the

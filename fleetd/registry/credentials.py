@@ -1,4 +1,4 @@
-"""Node credentials (DESIGN.md sections 3 and 11): the registry keeps only the SHA-256 of the credential a node
+"""Node credentials (architecture.md §3): the registry keeps only the SHA-256 of the credential a node
 receives when it registers, so that a copy of the registry cannot sign a heartbeat or act as a node.
 
 The node keeps the secret in its state dir; whoever verifies it hashes what the node presents and compares

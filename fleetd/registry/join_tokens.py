@@ -1,4 +1,4 @@
-"""Join tokens (DESIGN.md section 3, "Admission"): what lets a new agent register, kept so that the registry
+"""Join tokens (architecture.md §3, "Admission"): what lets a new agent register, kept so that the registry
 alone cannot be used to join.
 
 A token is shown once, when it is created (``fjt_`` and 43 URL-safe characters: 256 random bits); the registry

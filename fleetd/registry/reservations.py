@@ -32,7 +32,7 @@ _REASON = bindparam("r_reason", type_=String())
 _OPEN = and_(vram_reservations.c.op_id == _OP_ID, vram_reservations.c.released_ms.is_(None))
 
 _FIND = select(vram_reservations).where(vram_reservations.c.op_id == _OP_ID)
-# A node that reports no VRAM offers its RAM instead (DESIGN.md section 6: CPU-only llama.cpp), as the planner
+# A node that reports no VRAM offers its RAM instead (architecture.md §6: CPU-only llama.cpp), as the planner
 # counts it (``fleetd.planning.planner._node_capacity``).
 _AVAILABLE = case((nodes.c.total_vram > 0, nodes.c.available_vram), else_=nodes.c.available_ram)
 _AVAILABLE_SQL = "CASE WHEN total_vram > 0 THEN available_vram ELSE available_ram END"

@@ -1,4 +1,4 @@
-"""The registry's tables (DESIGN.md section 7), in SQLAlchemy Core: the one schema the rest of the code reads.
+"""The registry's tables (architecture.md §7), in SQLAlchemy Core: the one schema the rest of the code reads.
 
 Portable across SQLite and PostgreSQL: timestamps are integer Unix milliseconds (``*_ms``), so comparisons and
 arithmetic behave the same on both; structured values are JSON. The Alembic migrations under ``migrations/``
@@ -73,7 +73,7 @@ join_tokens = Table(
     Column("created_by", String(255)),
     CheckConstraint("uses_left >= 0", name="uses_left_not_negative"),
 )
-"""Join tokens (DESIGN.md section 3, "Admission"): only the SHA-256 of each token, never the token itself."""
+"""Join tokens (architecture.md §3, "Admission"): only the SHA-256 of each token, never the token itself."""
 
 node_labels = Table(
     "node_labels",

@@ -1,4 +1,4 @@
-"""Per-backend knowledge, one module per backend type (DESIGN.md section 2), and the one table that dispatches.
+"""Per-backend knowledge, one module per backend type (architecture.md §2), and the one table that dispatches.
 
 Each module exposes a ``RUNTIME: RuntimeSpec`` value (the options the backend accepts, with their flags and
 value kinds, the options fleetd sets itself, the platforms it runs on), an ``argv`` builder, its container

@@ -1,7 +1,7 @@
 """Write a tiny random-weight llama GGUF (about 0.5 MB) that a real ``llama-server`` loads in under a second.
 
 Tests, the quickstart and demos need a model that llama.cpp really loads and that answers
-``/v1/chat/completions``, without downloading weights (DESIGN.md section 8). This module writes one with the
+``/v1/chat/completions``, without downloading weights (architecture.md §8). This module writes one with the
 ``gguf`` package: arch ``llama``, 2 layers, 64-dim embeddings, 4 heads of 16, 2 KV heads, a 260-token SPM
 vocabulary (``<unk> <s> </s>``, the 256 byte tokens and ``▁``) and a ChatML chat template. Weights are small
 F32 values drawn from a fixed seed, so the same call always writes the same bytes. The answers are gibberish;

@@ -1,4 +1,4 @@
-"""The ``AgentClient`` protocol: the only way the executor reaches a node (DESIGN.md section 3).
+"""The ``AgentClient`` protocol: the only way the executor reaches a node (architecture.md §3).
 
 The embedded mode implements it in-process (``fleetd.agent.local``); the distributed mode will implement it over
 gRPC. Both must pass ``tests/agent/test_contract.py``. The calls are synchronous and idempotent: ``load`` of a

@@ -1,4 +1,4 @@
-"""The ``Bus`` protocol: how agents, the controller and gateways talk over NATS (DESIGN.md section 3,
+"""The ``Bus`` protocol: how agents, the controller and gateways talk over NATS (architecture.md §3,
 "Distributed mode": heartbeats, events, registration by request/reply, demand and routes).
 
 Code that sends or receives messages depends on this protocol, not on NATS: ``fleetd.transport.nats_bus`` is

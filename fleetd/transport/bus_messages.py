@@ -1,4 +1,4 @@
-"""What travels on the NATS bus: subjects, node keys and the versioned JSON messages (DESIGN.md section 3).
+"""What travels on the NATS bus: subjects, node keys and the versioned JSON messages (architecture.md §3).
 
 Every message is a JSON object with a ``v`` field; a receiver drops (and counts) a version it does not know
 rather than guessing. Heartbeats, signed with HMAC-SHA256 under their node's key, have a wire format of their

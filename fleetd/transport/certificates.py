@@ -1,4 +1,4 @@
-"""The fleet's own certificate authority and what it issues: the TLS bootstrap (DESIGN.md sections 3 and 11).
+"""The fleet's own certificate authority and what it issues: the TLS bootstrap (architecture.md §3).
 
 TLS is on without any flag: ``fleetd serve`` creates a CA (an EC P-256 key, a self-signed certificate valid ten
 years) in ``<state-dir>/tls`` at its first start and reuses it after. A joining agent makes its own key, which

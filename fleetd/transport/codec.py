@@ -1,4 +1,4 @@
-"""JSON for the frozen specs that travel to an agent: ``InstanceSpec`` and ``BackendSpec`` (DESIGN.md section 3).
+"""JSON for the frozen specs that travel to an agent: ``InstanceSpec`` and ``BackendSpec`` (architecture.md §3).
 
 The gRPC messages carry these as JSON text rather than as a second schema in the ``.proto``: the specs follow
 the manifest's own versioned schema, and one generic codec driven by the dataclasses' type hints cannot drift

@@ -1,4 +1,5 @@
-"""``GrpcAgentClient``: the ``AgentClient`` of a remote node, over gRPC to its ``fleetd agent`` (DESIGN.md §3).
+"""``GrpcAgentClient``: the ``AgentClient`` of a remote node, over gRPC to its ``fleetd agent``
+(architecture.md §3).
 
 Every call has a deadline, so a dead or hung node costs a cycle at most that long and never hangs it: reads
 (``health``, ``list_replicas``, ``missing_models``; ``estimate`` longer) a few seconds; ``unload`` its grace

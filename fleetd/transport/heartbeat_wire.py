@@ -1,4 +1,5 @@
-"""The heartbeat on the wire (version 2): signed over the exact bytes sent, and cheap to check (DESIGN.md §3).
+"""The heartbeat on the wire (version 2): signed over the exact bytes sent, and cheap to check
+(architecture.md §3).
 
 A controller checks every node's beat every 2 s, thousands a second, so the format is made for the receiver:
 

@@ -1,4 +1,5 @@
-"""How the gRPC command path is secured: mutual TLS, or ``--insecure`` chosen out loud (DESIGN.md section 11).
+"""How the gRPC command path is secured: mutual TLS, or ``--insecure`` chosen out loud (architecture.md §3,
+"The command path").
 
 Both ends load the same three kinds of file: their own certificate and key, and the CA that signed the peer's.
 The agent requires a client certificate signed by its CA; the controller checks the agent's certificate

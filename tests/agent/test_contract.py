@@ -1,4 +1,4 @@
-"""The ``AgentClient`` contract: what every implementation must do (DESIGN.md section 3).
+"""The ``AgentClient`` contract: what every implementation must do (architecture.md §3).
 
 It runs against the in-process ``LocalAgent`` (real processes: the fake backend server, a vLLM-shaped process,
 installed as a binary backend, so the suite runs in seconds), against the executor tests' ``FakeAgent`` (its

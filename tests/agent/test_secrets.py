@@ -1,4 +1,4 @@
-"""Secrets sent with a load (DESIGN.md section 11): the replica's process gets the value, and it stays in the
+"""Secrets sent with a load (architecture.md §3): the replica's process gets the value, and it stays in the
 agent's memory: in no state file, no log, no argv. The supervisor's own restarts reuse it; a stop drops it,
 and an agent started again never had it, so it falls back to its own environment and says what is missing."""
 

@@ -1,6 +1,6 @@
 """A faithful fake of an inference server (vLLM, MLX's mlx_lm.server or llama.cpp's llama-server), run as a process.
 
-vLLM and MLX cannot run on the project's machines (DESIGN.md section 8), so the agent's supervisor and probes
+vLLM and MLX cannot run on the project's machines (architecture.md §8), so the agent's supervisor and probes
 are tested against this program. It takes the argv the builders in ``fleetd.runtimes`` produce, unchanged
 (``serve MODEL --host H --port P ...`` for vLLM, ``--model M --host H --port P ...`` for the others; a leading
 program name is skipped), and speaks the endpoints fleetd uses, with the real servers' shapes:

@@ -1,8 +1,8 @@
 """A perfect executor, as a pure function: ``apply_plan(plan, desired, observed) -> ObservedState``.
 
-It does what a flawless executor and agents would do, so that tests can apply a plan and plan again (DESIGN.md
-section 8: "after applying a plan with a fake executor, re-planning yields nothing"). It is also strict: it
-raises ``ExecutionError`` when a plan asks for something an executor could not do in the order it runs the
+It does what a flawless executor and agents would do, so that tests can apply a plan and plan again
+(architecture.md §8: "after applying a plan with a fake executor, re-planning yields nothing"). It is also strict:
+it raises ``ExecutionError`` when a plan asks for something an executor could not do in the order it runs the
 actions: a ``depends_on`` id that is not in the plan or a cycle, a load on a node that is not approved and
 healthy, lacks the backend or lacks the free VRAM (available minus reserved; RAM on a node without a GPU) at
 that moment, a second replica under one id, an unload, forget or restart of a replica that does not exist.

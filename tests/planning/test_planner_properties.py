@@ -1,4 +1,4 @@
-"""Planner invariants over random fleets (DESIGN.md section 8), checked with the fake executor.
+"""Planner invariants over random fleets (architecture.md §8), checked with the fake executor.
 
 The strategy draws a fleet the way it looks in practice, rough edges included: nodes of every GPU vendor
 (and none), with random VRAM, RAM, reservations, labels over a small vocabulary, slots, installed backends,

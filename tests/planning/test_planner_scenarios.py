@@ -1,4 +1,4 @@
-"""The planner's decisions one by one, on small fleets built from real manifests (DESIGN.md sections 5 and 6).
+"""The planner's decisions one by one, on small fleets built from real manifests (architecture.md §5 and §6).
 
 Each scenario asserts the exact actions (ids, kinds, reasons, ``depends_on``), and most apply the plan with the
 fake executor and plan again to show the fleet converged.

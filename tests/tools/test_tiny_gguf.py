@@ -1,5 +1,5 @@
 """The tiny GGUF is deterministic, small, readable by gguf, and a real ``llama-server`` loads it and answers
-``/v1/chat/completions`` (DESIGN.md section 8)."""
+``/v1/chat/completions`` (architecture.md §8)."""
 
 from __future__ import annotations
 

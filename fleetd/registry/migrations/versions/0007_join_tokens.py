@@ -1,4 +1,4 @@
-"""Admission (DESIGN.md section 3): join tokens, kept as SHA-256 hashes with expiry and remaining uses, and the
+"""Admission (architecture.md §3): join tokens, kept as SHA-256 hashes with expiry and remaining uses, and the
 hash of the credential each node receives when it registers.
 
 ``nodes`` gains its column by plain ``ALTER TABLE`` both ways, on SQLite too: a batch migration copies
