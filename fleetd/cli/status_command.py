@@ -147,6 +147,7 @@ def render_status_text(observed: ObservedState, status: FleetStatus, *, registry
         n = status.unschedulable_replicas
         health += f" ({n} replica{'s' if n != 1 else ''} unschedulable)"
     lines.append(f"Health:   {health}")
+    lines.extend(f"  {line}" for line in (*status.unschedulable, *status.notes))
     return "\n".join(lines) + "\n"
 
 

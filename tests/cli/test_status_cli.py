@@ -80,6 +80,11 @@ def test_status_json_reports_sync_health_and_an_unschedulable_replica(fleet: Fle
     assert status["unschedulable_replicas"] == 1
     assert status["unschedulable"] == ["chat: 1 replica not placed — 1 node: insufficient VRAM"]
     assert status["health"] == "Degraded"
+    text = fleet.run("status").stdout
+    assert (
+        "Health:   Degraded (1 replica unschedulable)\n  chat: 1 replica not placed — 1 node: insufficient VRAM\n"
+        in text
+    )
     assert status["manifest"] == ["fleet.yaml"]
 
 
