@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,9 @@ class Cluster:
     agents: dict[str, AgentProcess]
     database_url: str
     executable: Path
+    token: str
+    """In every model name (``org-TOKEN/chat-model``): what the teardown kills by, so that it never touches the
+    replicas of another test run on this machine."""
 
     def manifest(
         self, *, instances: tuple[str, ...] = ("chat", "big", "small"), chat_len: int = 4096
@@ -102,8 +106,10 @@ class Cluster:
             f"  {name}: {{address: '{agent.address}', labels: {{tier: {LABELS[name]}}}, approved: true}}\n"
             for name, agent in self.agents.items()
         )
-        body = "".join(INSTANCES[name] for name in instances).replace(
-            "max_model_len: 4096", f"max_model_len: {chat_len}"
+        body = (
+            "".join(INSTANCES[name] for name in instances)
+            .replace("max_model_len: 4096", f"max_model_len: {chat_len}")
+            .replace("model: org/", f"model: org-{self.token}/")
         )
         text = (
             "version: 1\n"
@@ -155,16 +161,16 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         name: agent_process(name, tmp_path / "agents", facts=FACTS[name], ports=(23000 + 100 * i, 23099 + 100 * i))
         for i, name in enumerate(FACTS)
     }
+    token = uuid.uuid4().hex[:12]
     try:
         for agent in agents.values():
             agent.start()
-        yield Cluster(agents, f"sqlite:///{tmp_path / 'fleetd.db'}", fake_backend_executable(tmp_path))
+        yield Cluster(agents, f"sqlite:///{tmp_path / 'fleetd.db'}", fake_backend_executable(tmp_path), token)
     finally:
         for agent in agents.values():
             agent.stop()
-        for model in ("org/chat-model", "org/big-model", "org/small-model"):
-            for process in processes_with(model):
-                process.kill()
+        for process in processes_with(f"org-{token}/"):
+            process.kill()
 
 
 def test_one_controller_drives_three_agents(cluster: Cluster) -> None:
@@ -201,7 +207,7 @@ def test_one_controller_drives_three_agents(cluster: Cluster) -> None:
     assert again.plan is not None and again.plan.is_empty, again.plan
     final = cluster.observe(trimmed)
     assert cluster.pids()[("big", "gpu-c", 0)] == big_pid
-    assert len(processes_with("org/big-model")) == 1
+    assert len(processes_with(f"org-{cluster.token}/big-model")) == 1
     assert {r.restarts for r in final.replicas if r.instance == "big"} == {0}
 
 
