@@ -9,6 +9,7 @@ epoch.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from tests.agent.support import processes_with, wait_for
 from tests.conftest import Database, _database
 from tests.daemon.support import Served, fleetd_cli, node_table, one_instance_fleet
 
-MARK = "failover-e2e"
+MARK = f"failover-e2e-{uuid.uuid4().hex[:10]}"
+"""In the model paths of this module's replicas, unique per run: what the test counts and kills by, so that
+another run on this machine is never counted or killed."""
 TTL_S = 3.0
 PORTS = {"gpu-a": (25100, 25199), "gpu-b": (25200, 25299)}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -23,7 +24,9 @@ from tests.agent.remote import AgentProcess, agent_process
 from tests.agent.support import processes_with, wait_for
 from tests.daemon.support import Served, fleetd_cli, free_port, node_table, one_instance_fleet
 
-MARK = "lost-node-e2e"
+MARK = f"lost-node-e2e-{uuid.uuid4().hex[:10]}"
+"""In the model paths of this module's replicas, unique per run: what the test counts and kills by, so that
+another run on this machine is never counted or killed."""
 PORTS = {"gpu-a": (24700, 24799), "gpu-b": (24800, 24899), "gpu-c": (24900, 24999)}
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from tests.agent.support import processes_with, wait_for
 from tests.daemon.support import Served, fake_llama_executable, model_file
 from tests.transport.certs import issue, make_ca
 
-TOKEN = "served-distributed"
+TOKEN = f"served-distributed-{uuid.uuid4().hex[:10]}"
+"""In the model paths of this module's replicas, unique per run: what the test counts and kills by, so that
+another run on this machine is never counted or killed."""
 
 
 def tls_args(files: TlsFiles) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from tests.agent.remote import agent_process
 from tests.agent.support import processes_with, wait_for
 from tests.daemon.support import Served, fake_llama_executable, fleetd_cli, free_port, model_file, node_table
 
-TOKEN_MARK = "served-over-nats"
+TOKEN_MARK = f"served-over-nats-{uuid.uuid4().hex[:10]}"
+"""In the model paths of this module's replicas, unique per run: what the test counts and kills by, so that
+another run on this machine is never counted or killed."""
 
 
 def test_join_approve_heartbeat_and_rejoin_over_nats(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from tests.agent.remote import AgentProcess, agent_process
 from tests.agent.support import processes_with, wait_for
 from tests.daemon.support import Served, fake_llama_executable, free_port, model_file
 
-MARK = "served-with-bootstrapped-tls"
+MARK = f"served-with-bootstrapped-tls-{uuid.uuid4().hex[:10]}"
+"""In the model paths of this module's replicas, unique per run: what the test counts and kills by, so that
+another run on this machine is never counted or killed."""
 
 
 def fleetd(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
