@@ -8,10 +8,13 @@ with its last log lines, not restarted forever), runs the startup probe until th
 the periodic probe, where a timeout with the port open is "busy", not dead, and only ``failure_threshold``
 consecutive failures make a replica ``unhealthy`` (the planner then replaces it).
 
-What it started is written to ``<state>/replicas/<instance>.<replica>.json`` (pid, process start time, argv,
-port) before anything else happens, so an agent started again after SIGKILL adopts the processes that still
-run and match all three (the pid and start time exactly; the arguments after the executable, since a script's
-interpreter shows in its command line), and restarts the ones that died: no orphan, no duplicate. Secrets are never written:
+What it started is written to ``<state>/replicas/<instance>.<replica>.json`` (pid, process start time, process
+group, port, and the marker ``FLEETD_REPLICA=<instance>/<replica>/<nonce>`` put in the process's environment)
+before anything else happens, so an agent started again after SIGKILL adopts the processes that still run with
+the recorded pid and start time (and, where the environment can be read, that marker), and restarts the ones
+that died: no orphan, no duplicate. The command line is not compared: a wrapper script shows as ``/bin/sh
+wrapper.sh``, then as whatever it ``exec``s (a state file from before markers still compares the arguments after
+the executable). Secrets are never written:
 the environment is kept as its templates, resolved at each start from the values the controller sent with the
 load (``start_replica``'s ``secrets``, held in memory only, dropped when the replica stops) and then from the
 agent's environment. An agent started again has no sent values, so its restarts of adopted replicas read the
@@ -24,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -45,6 +49,9 @@ from fleetd.runtimes.probes import ProbeSpec, probe_spec
 from fleetd.transport.agent_api import ReplicaStatus
 
 log = logging.getLogger("fleetd.agent.supervisor")
+MARKER_VARIABLE = "FLEETD_REPLICA"
+"""Set in each replica's environment to ``<instance>/<replica>/<nonce>`` (a new nonce per start, kept in the state
+file): the identity by which a later agent recognises the process, whatever its command line became."""
 LOG_TAIL_LINES = 20
 FAST_START_PROBE_S = 0.005
 FAST_START_WINDOW_S = 2.0
@@ -108,6 +115,10 @@ class _Replica:
     process: psutil.Process | None = None
     pid: int | None = None
     process_start: float | None = None
+    marker: str | None = None
+    """``FLEETD_REPLICA``'s value in the process's environment; ``None`` for a process started before markers."""
+    pgid: int | None = None
+    """The process group (the replica leads its own session, so it is the pid it was started with)."""
     started_at: float = 0.0
     next_probe_at: float = 0.0
     restart_at: float | None = None
@@ -408,6 +419,8 @@ class Supervisor:
             self._changed.notify_all()
             return
         env.update({"PORT": str(launch.port), "HOST": launch.host})
+        marker = f"{launch.instance}/{launch.replica}/{secrets.token_hex(8)}"
+        env[MARKER_VARIABLE] = marker
         with replica.log_path.open("ab") as log:
             log.write(f"--- fleetd: starting {' '.join(launch.argv)}\n".encode())
             log.flush()
@@ -429,6 +442,7 @@ class Supervisor:
                 return
         process = psutil.Process(popen.pid)
         replica.popen, replica.process, replica.pid = popen, process, popen.pid
+        replica.marker, replica.pgid = marker, popen.pid  # start_new_session: it leads its own group
         replica.process_start = process.create_time()
         replica.started_at = time.monotonic()
         replica.next_probe_at = replica.started_at
@@ -469,7 +483,7 @@ class Supervisor:
         return -1
 
     def _terminate(self, replica: _Replica, grace_s: float) -> None:
-        pid = replica.pid
+        pid = replica.pgid if replica.pgid is not None else replica.pid
         if pid is None or self._exit_code(replica) is not None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -500,6 +514,8 @@ class Supervisor:
             "launch": asdict(launch),
             "pid": replica.pid,
             "process_start": replica.process_start,
+            "marker": replica.marker,
+            "pgid": replica.pgid,
             "restarts": replica.restarts,
         }
         path = self._state_file(launch)
@@ -517,7 +533,7 @@ class Supervisor:
                 continue
             replica = _Replica(launch, path.with_suffix(".log"), restarts=int(record.get("restarts", 0)))
             self._ports.claim(launch.port)
-            process = _matching_process(record.get("pid"), record.get("process_start"), launch.argv)
+            process = _matching_process(record, launch.argv)
             with self._lock:
                 self._replicas[launch.key] = replica
                 if process is None:
@@ -527,6 +543,9 @@ class Supervisor:
                     continue
                 replica.process, replica.pid = process, process.pid
                 replica.process_start = record.get("process_start")
+                replica.marker = _text_or_none(record.get("marker"))
+                pgid = record.get("pgid")
+                replica.pgid = pgid if isinstance(pgid, int) else process.pid
                 replica.started_at = time.monotonic()
                 replica.next_probe_at = replica.started_at
                 replica.state = ReplicaState.STARTING  # until the first probe says it is healthy
@@ -627,22 +646,45 @@ def _slots_from(value: object) -> tuple[int, ...] | None:
     return tuple(int(i) for i in value if isinstance(i, int))
 
 
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _same_command(cmdline: tuple[str, ...], argv: tuple[str, ...]) -> bool:
     """Whether a process's command line is the one we started: equal, or, for a script whose interpreter
-    (``#!``) or ``exec`` replaced the first words, ending with the same arguments."""
+    (``#!``) or ``exec`` replaced the first words, ending with the same arguments. Only for a state file written
+    before markers existed."""
     return cmdline == argv or (len(argv) > 1 and cmdline[-(len(argv) - 1) :] == argv[1:])
 
 
-def _matching_process(pid: object, start: object, argv: tuple[str, ...]) -> psutil.Process | None:
-    """The process ``pid`` if it is still the one we started: same start time and same argv."""
+def _matching_process(record: Mapping[str, object], argv: tuple[str, ...]) -> psutil.Process | None:
+    """The recorded process if it is still the one we started: the same pid with the same start time (to the
+    clock tick: a pid is not reused within one), not a zombie, and then either its marker (``_not_another``) or,
+    for a record without one, its arguments."""
+    pid, start, marker = record.get("pid"), record.get("process_start"), record.get("marker")
     if not isinstance(pid, int) or not isinstance(start, int | float):
         return None
     try:
         process = psutil.Process(pid)
-        if abs(process.create_time() - start) > 0.01 or not _same_command(tuple(process.cmdline()), argv):
+        if abs(process.create_time() - start) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
             return None
-        if process.status() == psutil.STATUS_ZOMBIE:
+        if isinstance(marker, str):
+            if not _not_another(process, marker):
+                return None
+        elif not _same_command(tuple(process.cmdline()), argv):
             return None
     except psutil.Error:
         return None
     return process
+
+
+def _not_another(process: psutil.Process, marker: str) -> bool:
+    """Whether the process's environment does not name another replica. Its marker when it can be read and
+    carries one; an unreadable environment (another user's process), or one without the variable (a process
+    that rewrote its environment area for its title, as ``setproctitle`` does), leaves the decision to the pid
+    and its start time."""
+    try:
+        found = process.environ().get(MARKER_VARIABLE)
+    except psutil.AccessDenied:
+        return True
+    return found is None or found == marker
