@@ -240,7 +240,7 @@ class Supervisor:
             self._replicas.pop((instance, replica), None)
             self._secrets.pop((instance, replica), None)
             self._ports.release(found.launch.port)
-            self._state_file(found.launch).unlink(missing_ok=True)
+            self._forget_state(found.launch)
             self._changed.notify_all()
         return True
 
@@ -373,7 +373,7 @@ class Supervisor:
             if replica.state is ReplicaState.STOPPING:
                 return
             replica.last_error = why
-            replica.popen, replica.process, replica.pid = None, None, None
+            replica.popen, replica.process, replica.pid, replica.pgid = None, None, None, None
             limit_reached = policy.max_restarts != -1 and replica.streak >= policy.max_restarts
             if not policy.auto_restart or limit_reached:
                 tail = self.log_tail(replica)
@@ -405,22 +405,19 @@ class Supervisor:
         if replica.restarts and not is_free(replica.launch.host, replica.launch.port):
             self._move_port(replica)
         launch = replica.launch
-        env = dict(os.environ)
-        sent = self._secrets.get(launch.key)
-        source: Mapping[str, str] = {**os.environ, **sent.values} if sent is not None else os.environ
-        try:
-            env.update({key: expand(template, source) for key, template in launch.env})
-        except KeyError as exc:
-            replica.restart_at = None
-            replica.state = ReplicaState.FAILED
-            replica.last_error = (
-                f"environment variable {exc.args[0]} was not sent by the controller and is not set on this node"
-            )
-            self._changed.notify_all()
+        env = self._environment(replica)
+        if env is None:
             return
-        env.update({"PORT": str(launch.port), "HOST": launch.host})
-        marker = f"{launch.instance}/{launch.replica}/{secrets.token_hex(8)}"
-        env[MARKER_VARIABLE] = marker
+        replica.popen, replica.process, replica.pid, replica.pgid, replica.process_start = (
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+        replica.marker = env[MARKER_VARIABLE] = f"{launch.instance}/{launch.replica}/{secrets.token_hex(8)}"
+        if not self._record(replica):  # first the record, with the marker: a later agent can find what starts now
+            return
         with replica.log_path.open("ab") as log:
             log.write(f"--- fleetd: starting {' '.join(launch.argv)}\n".encode())
             log.flush()
@@ -442,14 +439,35 @@ class Supervisor:
                 return
         process = psutil.Process(popen.pid)
         replica.popen, replica.process, replica.pid = popen, process, popen.pid
-        replica.marker, replica.pgid = marker, popen.pid  # start_new_session: it leads its own group
+        replica.pgid = popen.pid  # start_new_session: it leads its own group
         replica.process_start = process.create_time()
         replica.started_at = time.monotonic()
         replica.next_probe_at = replica.started_at
         replica.restart_at = None
         replica.state = ReplicaState.STARTING
         replica.failures = 0
-        self._write_state(replica)
+        self._record(replica)
+
+    def _environment(self, replica: _Replica) -> dict[str, str] | None:
+        """The replica's environment: the agent's, the launch's templates resolved (from the values sent with the
+        load, else the agent's environment), ``PORT`` and ``HOST``; ``None`` when a reference cannot be resolved
+        (the replica is then failed, saying which)."""
+        launch = replica.launch
+        env = dict(os.environ)
+        sent = self._secrets.get(launch.key)
+        source: Mapping[str, str] = {**os.environ, **sent.values} if sent is not None else os.environ
+        try:
+            env.update({key: expand(template, source) for key, template in launch.env})
+        except KeyError as exc:
+            replica.restart_at = None
+            replica.state = ReplicaState.FAILED
+            replica.last_error = (
+                f"environment variable {exc.args[0]} was not sent by the controller and is not set on this node"
+            )
+            self._changed.notify_all()
+            return None
+        env.update({"PORT": str(launch.port), "HOST": launch.host})
+        return env
 
     def _move_port(self, replica: _Replica) -> None:
         """Another process took the port while the replica was down: restart it on a free one. Unmovable, or no
@@ -509,6 +527,7 @@ class Supervisor:
         return self._dir / f"{launch.instance}.{launch.replica}.json"
 
     def _write_state(self, replica: _Replica) -> None:
+        """Write the replica's record atomically (a temporary file renamed over it); raises ``OSError``."""
         launch = replica.launch
         record = {
             "launch": asdict(launch),
@@ -520,20 +539,60 @@ class Supervisor:
         }
         path = self._state_file(launch)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, sort_keys=True))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(record, sort_keys=True))
+            tmp.replace(path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+
+    def _record(self, replica: _Replica) -> bool:
+        """Write the replica's record; when it cannot be written (disk full, read-only state dir), no process of
+        the replica may run, since no later agent could find it: stop what was started and fail the replica."""
+        try:
+            self._write_state(replica)
+        except OSError as exc:
+            started = replica.popen is not None
+            if replica.popen is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(replica.popen.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    replica.popen.wait(timeout=5)
+            replica.popen, replica.process, replica.pid, replica.pgid = None, None, None, None
+            replica.restart_at = None
+            replica.state = ReplicaState.FAILED
+            replica.last_error = (
+                f"cannot write the state file {self._state_file(replica.launch)} ({exc.strerror or exc}), without "
+                f"which a restarted agent could not find the process; {'stopped it' if started else 'not started'}"
+            )
+            log.error("replica %s: %s", _name(replica), replica.last_error)
+            self._changed.notify_all()
+            return False
+        return True
+
+    def _forget_state(self, launch: Launch) -> None:
+        try:
+            self._state_file(launch).unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("replica %s/%d: cannot remove its state file: %s", launch.instance, launch.replica, exc)
 
     def _adopt_all(self) -> None:
         for path in sorted(self._dir.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
                 launch = _launch_from(record["launch"])
-            except (OSError, ValueError, KeyError, TypeError):
-                path.unlink(missing_ok=True)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring the unreadable state file %s: %s", path, exc)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
                 continue
             replica = _Replica(launch, path.with_suffix(".log"), restarts=int(record.get("restarts", 0)))
             self._ports.claim(launch.port)
             process = _matching_process(record, launch.argv)
+            marker = _text_or_none(record.get("marker"))
+            if process is None and record.get("pid") is None and marker is not None:
+                process = _marked_leader(marker)  # recorded, started, and the agent died before the pid was
             with self._lock:
                 self._replicas[launch.key] = replica
                 if process is None:
@@ -541,14 +600,23 @@ class Supervisor:
                     replica.state = ReplicaState.STARTING
                     self._crashed(replica, "exited while the agent was down")
                     continue
-                replica.process, replica.pid = process, process.pid
-                replica.process_start = record.get("process_start")
-                replica.marker = _text_or_none(record.get("marker"))
-                pgid = record.get("pgid")
-                replica.pgid = pgid if isinstance(pgid, int) else process.pid
-                replica.started_at = time.monotonic()
-                replica.next_probe_at = replica.started_at
-                replica.state = ReplicaState.STARTING  # until the first probe says it is healthy
+                self._adopt(replica, process, record)
+
+    def _adopt(self, replica: _Replica, process: psutil.Process, record: Mapping[str, object]) -> None:
+        replica.process, replica.pid = process, process.pid
+        replica.marker = _text_or_none(record.get("marker"))
+        pgid = record.get("pgid")
+        replica.pgid = pgid if isinstance(pgid, int) else process.pid
+        start = record.get("process_start")
+        replica.process_start = start if isinstance(start, float | int) else None
+        replica.started_at = time.monotonic()
+        replica.next_probe_at = replica.started_at
+        replica.state = ReplicaState.STARTING  # until the first probe says it is healthy
+        if replica.process_start is None:  # found by its marker: complete the record
+            with contextlib.suppress(psutil.Error):
+                replica.process_start = process.create_time()
+            with contextlib.suppress(OSError):
+                self._write_state(replica)
 
     def log_tail(self, replica: _Replica, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
         try:
@@ -676,6 +744,21 @@ def _matching_process(record: Mapping[str, object], argv: tuple[str, ...]) -> ps
     except psutil.Error:
         return None
     return process
+
+
+def _marked_leader(marker: str) -> psutil.Process | None:
+    """The live process that leads its own process group and carries ``marker`` in its environment: what a start
+    recorded before the agent could record its pid. A process that only inherited the marker (a child of the
+    replica) leads no group and is not it."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) != process.pid:
+                continue
+            if process.environ().get(MARKER_VARIABLE) == marker and process.status() != psutil.STATUS_ZOMBIE:
+                return process
+        except (OSError, psutil.Error):
+            continue
+    return None
 
 
 def _not_another(process: psutil.Process, marker: str) -> bool:
