@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -35,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from secrets import token_hex
 
 import psutil
 
@@ -373,7 +373,7 @@ class Supervisor:
             if replica.state is ReplicaState.STOPPING:
                 return
             replica.last_error = why
-            replica.popen, replica.process, replica.pid, replica.pgid = None, None, None, None
+            _forget_process(replica)
             limit_reached = policy.max_restarts != -1 and replica.streak >= policy.max_restarts
             if not policy.auto_restart or limit_reached:
                 tail = self.log_tail(replica)
@@ -408,35 +408,15 @@ class Supervisor:
         env = self._environment(replica)
         if env is None:
             return
-        replica.popen, replica.process, replica.pid, replica.pgid, replica.process_start = (
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
-        replica.marker = env[MARKER_VARIABLE] = f"{launch.instance}/{launch.replica}/{secrets.token_hex(8)}"
+        _forget_process(replica)
+        replica.marker = env[MARKER_VARIABLE] = f"{launch.instance}/{launch.replica}/{token_hex(8)}"
         if not self._record(replica):  # first the record, with the marker: a later agent can find what starts now
             return
-        with replica.log_path.open("ab") as log:
-            log.write(f"--- fleetd: starting {' '.join(launch.argv)}\n".encode())
-            log.flush()
-            try:
-                popen = subprocess.Popen(
-                    launch.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # its own session: it outlives this agent, and is killed as a group
-                    close_fds=True,
-                )
-            except OSError as exc:
-                replica.restart_at = None
-                replica.state = ReplicaState.FAILED
-                replica.last_error = f"cannot start {launch.argv[0]}: {exc}"
-                self._changed.notify_all()
-                return
+        popen = self._start_process(replica, env)
+        if isinstance(popen, str):
+            replica.started_at = time.monotonic()  # a start that failed is no stable period
+            self._crashed(replica, f"cannot start {_printable(launch.argv[0])}: {popen}")
+            return
         process = psutil.Process(popen.pid)
         replica.popen, replica.process, replica.pid = popen, process, popen.pid
         replica.pgid = popen.pid  # start_new_session: it leads its own group
@@ -447,6 +427,34 @@ class Supervisor:
         replica.state = ReplicaState.STARTING
         replica.failures = 0
         self._record(replica)
+
+    def _start_process(self, replica: _Replica, env: Mapping[str, str]) -> subprocess.Popen[bytes] | str:
+        """Start the replica's process in its own session, its output appended to its log; or say, in words, why
+        it could not start (a missing executable, a NUL byte in an argument or the environment, a log that cannot
+        be opened): the caller counts that as a crash, under the restart policy."""
+        launch = replica.launch
+        problem = _unpassable(launch, env)
+        try:
+            with replica.log_path.open("ab") as log:
+                log.write(f"--- fleetd: starting {_printable(' '.join(launch.argv))}\n".encode())
+                log.flush()
+                if problem is None:
+                    try:
+                        return subprocess.Popen(
+                            launch.argv,
+                            stdin=subprocess.DEVNULL,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=env,
+                            start_new_session=True,  # it outlives this agent, and is killed as a group
+                            close_fds=True,
+                        )
+                    except (OSError, ValueError) as exc:  # ValueError: what the OS cannot be handed at all
+                        problem = str(exc)
+                log.write(f"--- fleetd: cannot start: {problem}\n".encode())
+        except OSError as exc:
+            problem = problem or f"cannot write its log {replica.log_path}: {exc.strerror or exc}"
+        return problem
 
     def _environment(self, replica: _Replica) -> dict[str, str] | None:
         """The replica's environment: the agent's, the launch's templates resolved (from the values sent with the
@@ -559,7 +567,7 @@ class Supervisor:
                     os.killpg(replica.popen.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     replica.popen.wait(timeout=5)
-            replica.popen, replica.process, replica.pid, replica.pgid = None, None, None, None
+            _forget_process(replica)
             replica.restart_at = None
             replica.state = ReplicaState.FAILED
             replica.last_error = (
@@ -660,6 +668,11 @@ class Supervisor:
         )
 
 
+def _forget_process(replica: _Replica) -> None:
+    """The replica has no process (it exited, or none is started yet)."""
+    replica.popen, replica.process, replica.pid, replica.pgid, replica.process_start = None, None, None, None, None
+
+
 def _name(replica: _Replica) -> str:
     return f"{replica.launch.instance}/{replica.launch.replica}"
 
@@ -712,6 +725,23 @@ def _slots_from(value: object) -> tuple[int, ...] | None:
     if not isinstance(value, list):
         return None
     return tuple(int(i) for i in value if isinstance(i, int))
+
+
+def _unpassable(launch: Launch, env: Mapping[str, str]) -> str | None:
+    """What no process can be started with: a NUL byte in an argument or in an environment value (the variable is
+    named, its value never shown: it may be a secret). ``fleetd validate`` refuses these in a manifest; a launch
+    can still carry one from a value sent with the load or from an older state file."""
+    for i, argument in enumerate(launch.argv):
+        if "\x00" in argument:
+            return f"argument {i} of the command contains a NUL byte (\\0), which no process can be given"
+    for key, _ in launch.env:
+        if "\x00" in env.get(key, ""):
+            return f"environment variable {key} contains a NUL byte (\\0), which no process environment can carry"
+    return None
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\\0")
 
 
 def _text_or_none(value: object) -> str | None:
