@@ -8,17 +8,21 @@ with its last log lines, not restarted forever), runs the startup probe until th
 the periodic probe, where a timeout with the port open is "busy", not dead, and only ``failure_threshold``
 consecutive failures make a replica ``unhealthy`` (the planner then replaces it).
 
-What it started is written to ``<state>/replicas/<instance>.<replica>.json`` (pid, process start time, process
-group, port, and the marker ``FLEETD_REPLICA=<instance>/<replica>/<nonce>`` put in the process's environment)
-before anything else happens, so an agent started again after SIGKILL adopts the processes that still run with
-the recorded pid and start time (and, where the environment can be read, that marker), and restarts the ones
-that died: no orphan, no duplicate. The command line is not compared: a wrapper script shows as ``/bin/sh
-wrapper.sh``, then as whatever it ``exec``s (a state file from before markers still compares the arguments after
-the executable). Secrets are never written:
-the environment is kept as its templates, resolved at each start from the values the controller sent with the
-load (``start_replica``'s ``secrets``, held in memory only, dropped when the replica stops) and then from the
-agent's environment. An agent started again has no sent values, so its restarts of adopted replicas read the
-agent's environment alone.
+Each start first writes ``<state>/replicas/<instance>.<replica>.json`` with the marker
+``FLEETD_REPLICA=<instance>/<replica>/<nonce>`` it puts in the process's environment, then starts the process,
+then writes its pid, start time and process group (a record that cannot be written starts nothing, or stops what
+started, and fails the replica). So an agent started again after SIGKILL adopts the processes that still run
+with the recorded pid and start time (and, where the environment can be read, that marker; or, with no pid
+recorded yet, the group leader carrying the marker), and restarts the ones that died: no orphan, no duplicate.
+The command line is not compared: a wrapper script shows as ``/bin/sh wrapper.sh``, then as whatever it
+``exec``s (a state file from before markers still compares the arguments after the executable). A replica is its
+process group: once the leader is gone, what is left of the group (with the marker) is killed. A start that
+fails before any process runs counts as a crash.
+
+Secrets are never written: the environment is kept as its templates, resolved at each start from the values the
+controller sent with the load (``start_replica``'s ``secrets``, held in memory only, dropped when the replica
+stops) and then from the agent's environment. An agent started again has no sent values, so its restarts of
+adopted replicas read the agent's environment alone.
 """
 
 from __future__ import annotations
@@ -373,6 +377,8 @@ class Supervisor:
             if replica.state is ReplicaState.STOPPING:
                 return
             replica.last_error = why
+            # The leader is gone: what it left of its group goes too, before anything starts again.
+            _kill_leftovers(replica.pgid, replica.marker, time.monotonic())
             _forget_process(replica)
             limit_reached = policy.max_restarts != -1 and replica.streak >= policy.max_restarts
             if not policy.auto_restart or limit_reached:
@@ -509,11 +515,18 @@ class Supervisor:
         return -1
 
     def _terminate(self, replica: _Replica, grace_s: float) -> None:
-        pid = replica.pgid if replica.pgid is not None else replica.pid
-        if pid is None or self._exit_code(replica) is not None:
-            return
+        """SIGTERM the replica's process group, SIGKILL it after ``grace_s``; then what is left of the group once
+        its leader is gone (a child that ignores SIGTERM, or one whose leader had already exited) gets the rest
+        of the grace period and SIGKILL."""
+        deadline = time.monotonic() + grace_s
+        pgid = replica.pgid if replica.pgid is not None else replica.pid
+        if pgid is not None and self._exit_code(replica) is None:
+            self._signal_group(replica, pgid, grace_s)
+        _kill_leftovers(pgid, replica.marker, deadline)
+
+    def _signal_group(self, replica: _Replica, pgid: int, grace_s: float) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
         if replica.popen is not None:  # our child: wait on it directly, no polling delay
             with contextlib.suppress(subprocess.TimeoutExpired):
                 replica.popen.wait(timeout=grace_s)
@@ -522,7 +535,7 @@ class Supervisor:
             self._stop.wait(0.02)
         if self._exit_code(replica) is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             if replica.popen is not None:
                 replica.popen.wait(timeout=5)
             elif replica.process is not None:
@@ -604,7 +617,9 @@ class Supervisor:
             with self._lock:
                 self._replicas[launch.key] = replica
                 if process is None:
-                    # It died while no agent watched: start it again (the policy decides when), never twice.
+                    # It died while no agent watched: start it again (the policy decides when), never twice; and
+                    # what its leader left of its group goes (``_crashed``).
+                    replica.marker, replica.pgid = marker, _int_or_none(record.get("pgid"))
                     replica.state = ReplicaState.STARTING
                     self._crashed(replica, "exited while the agent was down")
                     continue
@@ -613,8 +628,7 @@ class Supervisor:
     def _adopt(self, replica: _Replica, process: psutil.Process, record: Mapping[str, object]) -> None:
         replica.process, replica.pid = process, process.pid
         replica.marker = _text_or_none(record.get("marker"))
-        pgid = record.get("pgid")
-        replica.pgid = pgid if isinstance(pgid, int) else process.pid
+        replica.pgid = _int_or_none(record.get("pgid")) or process.pid
         start = record.get("process_start")
         replica.process_start = start if isinstance(start, float | int) else None
         replica.started_at = time.monotonic()
@@ -748,6 +762,10 @@ def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _same_command(cmdline: tuple[str, ...], argv: tuple[str, ...]) -> bool:
     """Whether a process's command line is the one we started: equal, or, for a script whose interpreter
     (``#!``) or ``exec`` replaced the first words, ending with the same arguments. Only for a state file written
@@ -774,6 +792,36 @@ def _matching_process(record: Mapping[str, object], argv: tuple[str, ...]) -> ps
     except psutil.Error:
         return None
     return process
+
+
+def _kill_leftovers(pgid: int | None, marker: str | None, deadline: float) -> None:
+    """Wait until ``deadline`` for what is left of a replica's process group after its leader, then SIGKILL it.
+    Only the processes of that group that carry the replica's marker: a group id reused since is never hit, and a
+    replica started before markers (no ``marker``) is left as before. No group left (the usual case) costs one
+    ``killpg(pgid, 0)``."""
+    if pgid is None or marker is None:
+        return
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return
+    left: list[psutil.Process] = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.environ().get(MARKER_VARIABLE) == marker:
+                left.append(process)
+    while (left := [p for p in left if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)  # not our children: polled (an exited one stays a zombie until its new parent reaps it)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _marked_leader(marker: str) -> psutil.Process | None:
