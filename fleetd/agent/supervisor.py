@@ -8,14 +8,21 @@ with its last log lines, not restarted forever), runs the startup probe until th
 the periodic probe, where a timeout with the port open is "busy", not dead, and only ``failure_threshold``
 consecutive failures make a replica ``unhealthy`` (the planner then replaces it).
 
-What it started is written to ``<state>/replicas/<instance>.<replica>.json`` (pid, process start time, argv,
-port) before anything else happens, so an agent started again after SIGKILL adopts the processes that still
-run and match all three (the pid and start time exactly; the arguments after the executable, since a script's
-interpreter shows in its command line), and restarts the ones that died: no orphan, no duplicate. Secrets are never written:
-the environment is kept as its templates, resolved at each start from the values the controller sent with the
-load (``start_replica``'s ``secrets``, held in memory only, dropped when the replica stops) and then from the
-agent's environment. An agent started again has no sent values, so its restarts of adopted replicas read the
-agent's environment alone.
+Each start first writes ``<state>/replicas/<instance>.<replica>.json`` with the marker
+``FLEETD_REPLICA=<instance>/<replica>/<nonce>`` it puts in the process's environment, then starts the process,
+then writes its pid, start time and process group (a record that cannot be written starts nothing, or stops what
+started, and fails the replica). So an agent started again after SIGKILL adopts the processes that still run
+with the recorded pid and start time (and, where the environment can be read, that marker; or, with no pid
+recorded yet, the group leader carrying the marker), and restarts the ones that died: no orphan, no duplicate.
+The command line is not compared: a wrapper script shows as ``/bin/sh wrapper.sh``, then as whatever it
+``exec``s (a state file from before markers still compares the arguments after the executable). A replica is its
+process group: once the leader is gone, what is left of the group (with the marker) is killed. A start that
+fails before any process runs counts as a crash.
+
+Secrets are never written: the environment is kept as its templates, resolved at each start from the values the
+controller sent with the load (``start_replica``'s ``secrets``, held in memory only, dropped when the replica
+stops) and then from the agent's environment. An agent started again has no sent values, so its restarts of
+adopted replicas read the agent's environment alone.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from secrets import token_hex
 
 import psutil
 
@@ -45,6 +53,9 @@ from fleetd.runtimes.probes import ProbeSpec, probe_spec
 from fleetd.transport.agent_api import ReplicaStatus
 
 log = logging.getLogger("fleetd.agent.supervisor")
+MARKER_VARIABLE = "FLEETD_REPLICA"
+"""Set in each replica's environment to ``<instance>/<replica>/<nonce>`` (a new nonce per start, kept in the state
+file): the identity by which a later agent recognises the process, whatever its command line became."""
 LOG_TAIL_LINES = 20
 FAST_START_PROBE_S = 0.005
 FAST_START_WINDOW_S = 2.0
@@ -108,6 +119,10 @@ class _Replica:
     process: psutil.Process | None = None
     pid: int | None = None
     process_start: float | None = None
+    marker: str | None = None
+    """``FLEETD_REPLICA``'s value in the process's environment; ``None`` for a process started before markers."""
+    pgid: int | None = None
+    """The process group (the replica leads its own session, so it is the pid it was started with)."""
     started_at: float = 0.0
     next_probe_at: float = 0.0
     restart_at: float | None = None
@@ -229,7 +244,7 @@ class Supervisor:
             self._replicas.pop((instance, replica), None)
             self._secrets.pop((instance, replica), None)
             self._ports.release(found.launch.port)
-            self._state_file(found.launch).unlink(missing_ok=True)
+            self._forget_state(found.launch)
             self._changed.notify_all()
         return True
 
@@ -362,7 +377,9 @@ class Supervisor:
             if replica.state is ReplicaState.STOPPING:
                 return
             replica.last_error = why
-            replica.popen, replica.process, replica.pid = None, None, None
+            # The leader is gone: what it left of its group goes too, before anything starts again.
+            _kill_leftovers(replica.pgid, replica.marker, time.monotonic())
+            _forget_process(replica)
             limit_reached = policy.max_restarts != -1 and replica.streak >= policy.max_restarts
             if not policy.auto_restart or limit_reached:
                 tail = self.log_tail(replica)
@@ -394,6 +411,62 @@ class Supervisor:
         if replica.restarts and not is_free(replica.launch.host, replica.launch.port):
             self._move_port(replica)
         launch = replica.launch
+        env = self._environment(replica)
+        if env is None:
+            return
+        _forget_process(replica)
+        replica.marker = env[MARKER_VARIABLE] = f"{launch.instance}/{launch.replica}/{token_hex(8)}"
+        if not self._record(replica):  # first the record, with the marker: a later agent can find what starts now
+            return
+        popen = self._start_process(replica, env)
+        if isinstance(popen, str):
+            replica.started_at = time.monotonic()  # a start that failed is no stable period
+            self._crashed(replica, f"cannot start {_printable(launch.argv[0])}: {popen}")
+            return
+        process = psutil.Process(popen.pid)
+        replica.popen, replica.process, replica.pid = popen, process, popen.pid
+        replica.pgid = popen.pid  # start_new_session: it leads its own group
+        replica.process_start = process.create_time()
+        replica.started_at = time.monotonic()
+        replica.next_probe_at = replica.started_at
+        replica.restart_at = None
+        replica.state = ReplicaState.STARTING
+        replica.failures = 0
+        self._record(replica)
+
+    def _start_process(self, replica: _Replica, env: Mapping[str, str]) -> subprocess.Popen[bytes] | str:
+        """Start the replica's process in its own session, its output appended to its log; or say, in words, why
+        it could not start (a missing executable, a NUL byte in an argument or the environment, a log that cannot
+        be opened): the caller counts that as a crash, under the restart policy."""
+        launch = replica.launch
+        problem = _unpassable(launch, env)
+        try:
+            with replica.log_path.open("ab") as log:
+                log.write(f"--- fleetd: starting {_printable(' '.join(launch.argv))}\n".encode())
+                log.flush()
+                if problem is None:
+                    try:
+                        return subprocess.Popen(
+                            launch.argv,
+                            stdin=subprocess.DEVNULL,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=env,
+                            start_new_session=True,  # it outlives this agent, and is killed as a group
+                            close_fds=True,
+                        )
+                    except (OSError, ValueError) as exc:  # ValueError: what the OS cannot be handed at all
+                        problem = str(exc)
+                log.write(f"--- fleetd: cannot start: {problem}\n".encode())
+        except OSError as exc:
+            problem = problem or f"cannot write its log {replica.log_path}: {exc.strerror or exc}"
+        return problem
+
+    def _environment(self, replica: _Replica) -> dict[str, str] | None:
+        """The replica's environment: the agent's, the launch's templates resolved (from the values sent with the
+        load, else the agent's environment), ``PORT`` and ``HOST``; ``None`` when a reference cannot be resolved
+        (the replica is then failed, saying which)."""
+        launch = replica.launch
         env = dict(os.environ)
         sent = self._secrets.get(launch.key)
         source: Mapping[str, str] = {**os.environ, **sent.values} if sent is not None else os.environ
@@ -406,36 +479,9 @@ class Supervisor:
                 f"environment variable {exc.args[0]} was not sent by the controller and is not set on this node"
             )
             self._changed.notify_all()
-            return
+            return None
         env.update({"PORT": str(launch.port), "HOST": launch.host})
-        with replica.log_path.open("ab") as log:
-            log.write(f"--- fleetd: starting {' '.join(launch.argv)}\n".encode())
-            log.flush()
-            try:
-                popen = subprocess.Popen(
-                    launch.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # its own session: it outlives this agent, and is killed as a group
-                    close_fds=True,
-                )
-            except OSError as exc:
-                replica.restart_at = None
-                replica.state = ReplicaState.FAILED
-                replica.last_error = f"cannot start {launch.argv[0]}: {exc}"
-                self._changed.notify_all()
-                return
-        process = psutil.Process(popen.pid)
-        replica.popen, replica.process, replica.pid = popen, process, popen.pid
-        replica.process_start = process.create_time()
-        replica.started_at = time.monotonic()
-        replica.next_probe_at = replica.started_at
-        replica.restart_at = None
-        replica.state = ReplicaState.STARTING
-        replica.failures = 0
-        self._write_state(replica)
+        return env
 
     def _move_port(self, replica: _Replica) -> None:
         """Another process took the port while the replica was down: restart it on a free one. Unmovable, or no
@@ -469,11 +515,18 @@ class Supervisor:
         return -1
 
     def _terminate(self, replica: _Replica, grace_s: float) -> None:
-        pid = replica.pid
-        if pid is None or self._exit_code(replica) is not None:
-            return
+        """SIGTERM the replica's process group, SIGKILL it after ``grace_s``; then what is left of the group once
+        its leader is gone (a child that ignores SIGTERM, or one whose leader had already exited) gets the rest
+        of the grace period and SIGKILL."""
+        deadline = time.monotonic() + grace_s
+        pgid = replica.pgid if replica.pgid is not None else replica.pid
+        if pgid is not None and self._exit_code(replica) is None:
+            self._signal_group(replica, pgid, grace_s)
+        _kill_leftovers(pgid, replica.marker, deadline)
+
+    def _signal_group(self, replica: _Replica, pgid: int, grace_s: float) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
         if replica.popen is not None:  # our child: wait on it directly, no polling delay
             with contextlib.suppress(subprocess.TimeoutExpired):
                 replica.popen.wait(timeout=grace_s)
@@ -482,7 +535,7 @@ class Supervisor:
             self._stop.wait(0.02)
         if self._exit_code(replica) is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             if replica.popen is not None:
                 replica.popen.wait(timeout=5)
             elif replica.process is not None:
@@ -495,41 +548,97 @@ class Supervisor:
         return self._dir / f"{launch.instance}.{launch.replica}.json"
 
     def _write_state(self, replica: _Replica) -> None:
+        """Write the replica's record atomically (a temporary file renamed over it); raises ``OSError``."""
         launch = replica.launch
         record = {
             "launch": asdict(launch),
             "pid": replica.pid,
             "process_start": replica.process_start,
+            "marker": replica.marker,
+            "pgid": replica.pgid,
             "restarts": replica.restarts,
         }
         path = self._state_file(launch)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, sort_keys=True))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(record, sort_keys=True))
+            tmp.replace(path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+
+    def _record(self, replica: _Replica) -> bool:
+        """Write the replica's record; when it cannot be written (disk full, read-only state dir), no process of
+        the replica may run, since no later agent could find it: stop what was started and fail the replica."""
+        try:
+            self._write_state(replica)
+        except OSError as exc:
+            started = replica.popen is not None
+            if replica.popen is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(replica.popen.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    replica.popen.wait(timeout=5)
+            _forget_process(replica)
+            replica.restart_at = None
+            replica.state = ReplicaState.FAILED
+            replica.last_error = (
+                f"cannot write the state file {self._state_file(replica.launch)} ({exc.strerror or exc}), without "
+                f"which a restarted agent could not find the process; {'stopped it' if started else 'not started'}"
+            )
+            log.error("replica %s: %s", _name(replica), replica.last_error)
+            self._changed.notify_all()
+            return False
+        return True
+
+    def _forget_state(self, launch: Launch) -> None:
+        try:
+            self._state_file(launch).unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("replica %s/%d: cannot remove its state file: %s", launch.instance, launch.replica, exc)
 
     def _adopt_all(self) -> None:
         for path in sorted(self._dir.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
                 launch = _launch_from(record["launch"])
-            except (OSError, ValueError, KeyError, TypeError):
-                path.unlink(missing_ok=True)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring the unreadable state file %s: %s", path, exc)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
                 continue
             replica = _Replica(launch, path.with_suffix(".log"), restarts=int(record.get("restarts", 0)))
             self._ports.claim(launch.port)
-            process = _matching_process(record.get("pid"), record.get("process_start"), launch.argv)
+            process = _matching_process(record, launch.argv)
+            marker = _text_or_none(record.get("marker"))
+            if process is None and record.get("pid") is None and marker is not None:
+                process = _marked_leader(marker)  # recorded, started, and the agent died before the pid was
             with self._lock:
                 self._replicas[launch.key] = replica
                 if process is None:
-                    # It died while no agent watched: start it again (the policy decides when), never twice.
+                    # It died while no agent watched: start it again (the policy decides when), never twice; and
+                    # what its leader left of its group goes (``_crashed``).
+                    replica.marker, replica.pgid = marker, _int_or_none(record.get("pgid"))
                     replica.state = ReplicaState.STARTING
                     self._crashed(replica, "exited while the agent was down")
                     continue
-                replica.process, replica.pid = process, process.pid
-                replica.process_start = record.get("process_start")
-                replica.started_at = time.monotonic()
-                replica.next_probe_at = replica.started_at
-                replica.state = ReplicaState.STARTING  # until the first probe says it is healthy
+                self._adopt(replica, process, record)
+
+    def _adopt(self, replica: _Replica, process: psutil.Process, record: Mapping[str, object]) -> None:
+        replica.process, replica.pid = process, process.pid
+        replica.marker = _text_or_none(record.get("marker"))
+        replica.pgid = _int_or_none(record.get("pgid")) or process.pid
+        start = record.get("process_start")
+        replica.process_start = start if isinstance(start, float | int) else None
+        replica.started_at = time.monotonic()
+        replica.next_probe_at = replica.started_at
+        replica.state = ReplicaState.STARTING  # until the first probe says it is healthy
+        if replica.process_start is None:  # found by its marker: complete the record
+            with contextlib.suppress(psutil.Error):
+                replica.process_start = process.create_time()
+            with contextlib.suppress(OSError):
+                self._write_state(replica)
 
     def log_tail(self, replica: _Replica, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
         try:
@@ -571,6 +680,11 @@ class Supervisor:
             vram_bytes=launch.vram_bytes,
             log_tail=self.log_tail(replica) if replica.state is ReplicaState.FAILED else (),
         )
+
+
+def _forget_process(replica: _Replica) -> None:
+    """The replica has no process (it exited, or none is started yet)."""
+    replica.popen, replica.process, replica.pid, replica.pgid, replica.process_start = None, None, None, None, None
 
 
 def _name(replica: _Replica) -> str:
@@ -627,22 +741,111 @@ def _slots_from(value: object) -> tuple[int, ...] | None:
     return tuple(int(i) for i in value if isinstance(i, int))
 
 
+def _unpassable(launch: Launch, env: Mapping[str, str]) -> str | None:
+    """What no process can be started with: a NUL byte in an argument or in an environment value (the variable is
+    named, its value never shown: it may be a secret). ``fleetd validate`` refuses these in a manifest; a launch
+    can still carry one from a value sent with the load or from an older state file."""
+    for i, argument in enumerate(launch.argv):
+        if "\x00" in argument:
+            return f"argument {i} of the command contains a NUL byte (\\0), which no process can be given"
+    for key, _ in launch.env:
+        if "\x00" in env.get(key, ""):
+            return f"environment variable {key} contains a NUL byte (\\0), which no process environment can carry"
+    return None
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\\0")
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _same_command(cmdline: tuple[str, ...], argv: tuple[str, ...]) -> bool:
     """Whether a process's command line is the one we started: equal, or, for a script whose interpreter
-    (``#!``) or ``exec`` replaced the first words, ending with the same arguments."""
+    (``#!``) or ``exec`` replaced the first words, ending with the same arguments. Only for a state file written
+    before markers existed."""
     return cmdline == argv or (len(argv) > 1 and cmdline[-(len(argv) - 1) :] == argv[1:])
 
 
-def _matching_process(pid: object, start: object, argv: tuple[str, ...]) -> psutil.Process | None:
-    """The process ``pid`` if it is still the one we started: same start time and same argv."""
+def _matching_process(record: Mapping[str, object], argv: tuple[str, ...]) -> psutil.Process | None:
+    """The recorded process if it is still the one we started: the same pid with the same start time (to the
+    clock tick: a pid is not reused within one), not a zombie, and then either its marker (``_not_another``) or,
+    for a record without one, its arguments."""
+    pid, start, marker = record.get("pid"), record.get("process_start"), record.get("marker")
     if not isinstance(pid, int) or not isinstance(start, int | float):
         return None
     try:
         process = psutil.Process(pid)
-        if abs(process.create_time() - start) > 0.01 or not _same_command(tuple(process.cmdline()), argv):
+        if abs(process.create_time() - start) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
             return None
-        if process.status() == psutil.STATUS_ZOMBIE:
+        if isinstance(marker, str):
+            if not _not_another(process, marker):
+                return None
+        elif not _same_command(tuple(process.cmdline()), argv):
             return None
     except psutil.Error:
         return None
     return process
+
+
+def _kill_leftovers(pgid: int | None, marker: str | None, deadline: float) -> None:
+    """Wait until ``deadline`` for what is left of a replica's process group after its leader, then SIGKILL it.
+    Only the processes of that group that carry the replica's marker: a group id reused since is never hit, and a
+    replica started before markers (no ``marker``) is left as before. No group left (the usual case) costs one
+    ``killpg(pgid, 0)``."""
+    if pgid is None or marker is None:
+        return
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return
+    left: list[psutil.Process] = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.environ().get(MARKER_VARIABLE) == marker:
+                left.append(process)
+    while (left := [p for p in left if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)  # not our children: polled (an exited one stays a zombie until its new parent reaps it)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _marked_leader(marker: str) -> psutil.Process | None:
+    """The live process that leads its own process group and carries ``marker`` in its environment: what a start
+    recorded before the agent could record its pid. A process that only inherited the marker (a child of the
+    replica) leads no group and is not it."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) != process.pid:
+                continue
+            if process.environ().get(MARKER_VARIABLE) == marker and process.status() != psutil.STATUS_ZOMBIE:
+                return process
+        except (OSError, psutil.Error):
+            continue
+    return None
+
+
+def _not_another(process: psutil.Process, marker: str) -> bool:
+    """Whether the process's environment does not name another replica. Its marker when it can be read and
+    carries one; an unreadable environment (another user's process), or one without the variable (a process
+    that rewrote its environment area for its title, as ``setproctitle`` does), leaves the decision to the pid
+    and its start time."""
+    try:
+        found = process.environ().get(MARKER_VARIABLE)
+    except psutil.AccessDenied:
+        return True
+    return found is None or found == marker

@@ -172,6 +172,8 @@ def _known_version(value: Any) -> Any:
 def _model_path(value: str) -> str:
     if not value.strip():
         raise ValueError("model cannot be empty; give a file path or a model repository id")
+    if "\x00" in value:
+        raise ValueError("model contains a NUL byte (\\0), which no process argument can carry")
     if any(ord(c) < 32 for c in value):
         raise ValueError("model contains a control character (a newline?)")
     return value

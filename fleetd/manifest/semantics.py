@@ -1,5 +1,5 @@
 """Checks beyond the schema (architecture.md §4): references, bounds, feasibility against declared nodes,
-backend options, secrets.
+backend options, secrets, and strings no process could be started with (a NUL byte).
 
 Each check is a small function over the merged manifest that yields ``(severity, path, message, at_key)``;
 ``check_semantics`` locates them in the source files. The checks only read the manifest: whether a node is
@@ -264,26 +264,40 @@ def _secrets(m: Manifest) -> Iterator[Finding]:
                     "is redacted",
                     False,
                 )
-    yield from _misplaced_references(m.model_dump(mode="python"), ())
 
 
-def _misplaced_references(value: Any, path: FieldPath) -> Iterator[Finding]:
-    if len(path) == 3 and path[0] == "instances" and path[2] == "environment":
-        return
+def _strings(m: Manifest) -> Iterator[Finding]:
+    """Every string value of the manifest, walked once: a NUL byte, which no process argument or environment
+    value can carry (the spawn would fail), and a ``${env:...}`` reference outside ``environment``. The message
+    never shows the value: it may be a secret."""
+    for path, text in _string_values(m.model_dump(mode="python"), ()):
+        if "\x00" in text:
+            yield (
+                _E,
+                path,
+                "contains a NUL byte (\\0); a process's arguments and environment values are NUL-terminated, "
+                "so the backend could never be started with it",
+                False,
+            )
+        elif "${env:" in text and not (len(path) > 3 and path[0] == "instances" and path[2] == "environment"):
+            yield (
+                _E,
+                path,
+                "${env:...} references are resolved only in `environment` values; pass the value to the "
+                "backend through an environment variable",
+                False,
+            )
+
+
+def _string_values(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from _misplaced_references(item, (*path, key))
+            yield from _string_values(item, (*path, key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _misplaced_references(item, (*path, i))
-    elif isinstance(value, str) and "${env:" in value:
-        yield (
-            _E,
-            path,
-            "${env:...} references are resolved only in `environment` values; pass the value to the "
-            "backend through an environment variable",
-            False,
-        )
+            yield from _string_values(item, (*path, i))
+    elif isinstance(value, str):
+        yield path, value
 
 
 def _missing(kind: str, name: str, known: list[str]) -> str:
@@ -306,4 +320,5 @@ CHECKS: tuple[Callable[[Manifest], Iterator[Finding]], ...] = (
     _backend_options,
     _lifecycle,
     _secrets,
+    _strings,
 )
