@@ -74,15 +74,26 @@ def load_or_exit(paths: Sequence[Path | str]) -> LoadedManifest:
 
 @contextmanager
 def registry_errors(url: str | None) -> Iterator[None]:
-    """Turn a database failure into one line that says where and what, and exit 1 (no traceback)."""
+    """Turn a database failure into one line that says where and what, and exit 1 (no traceback). A SQLite
+    registry file that must not be used as it is (``RegistryFileError``) says so itself, naming the file."""
     from sqlalchemy.exc import SQLAlchemyError
+
+    from fleetd.registry.instance_lock import RegistryFileError
 
     try:
         yield
+    except RegistryFileError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
     except SQLAlchemyError as exc:
         from fleetd.registry.engine import default_database_url
 
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if reason == "disk I/O error" and (url or default_database_url()).startswith("sqlite"):
+            reason += (
+                " (were its -wal and -shm files left from a deleted database? with no fleetd using it, restore "
+                "the database or move those two files away)"
+            )
         sys.stderr.write(f"error: registry at {redact_url(url or default_database_url())}: {reason}\n")
         raise typer.Exit(EXIT_ERROR) from None
 

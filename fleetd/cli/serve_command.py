@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from fleetd.cli.common import agent_access, os_error_line
+from fleetd.cli.common import agent_access, os_error_line, registry_errors
 from fleetd.cli.options import DatabaseUrl, Insecure, LogFormatOption, TlsCa, TlsCert, TlsKey
 from fleetd.daemon.log_format import LogFormat
 
@@ -117,7 +117,8 @@ def serve(
         sys.stderr.write("error: give --nats (a server to use) or --nats-listen (run one), not both\n")
         raise typer.Exit(EXIT_ERROR)
     try:
-        code = run_serve(options)
+        with registry_errors(database_url):
+            code = run_serve(options)
     except OSError as exc:  # e.g. the HTTP address is in use (HttpAddressError names it)
         sys.stderr.write(f"error: fleetd serve: {os_error_line(exc)}\n")
         raise typer.Exit(EXIT_ERROR) from None

@@ -138,6 +138,7 @@ class Daemon:
             f"serve:{socket.gethostname()}:{os.getpid()}",
             ttl_ms=int(options.lease_ttl_s * 1000),
             on_change=self._leadership_changed,
+            lock=self._registry.instance_lock,
         )
         self.watcher = ManifestWatcher(options.paths, self._manifest_changed) if options.watch else None
         self.scheduler = interval_scheduler(self.worker.trigger, interval_s=options.interval_s)
@@ -185,8 +186,8 @@ class Daemon:
             self.bus.start()
         self.worker.start()
         self.leadership.start()
-        if self.leadership.fence is None:
-            self._say("not leading; waiting for the lease")
+        if self.leadership.fence is None and self.leadership.registry_lost is None:
+            self._say(self._waiting_line())
             self._ready_sent = notify("READY=1") or True
         if self.watcher is not None:
             self.watcher.start()
@@ -236,10 +237,12 @@ class Daemon:
     # the worker's cycle -------------------------------------------------------------------------------------
 
     def _cycle(self) -> None:
+        registry_kept = self.leadership.verify()  # a vanished SQLite registry ends leading before the cycle
         fence = self.leadership.fence
         if fence is None:
             self._close_fleet(stop_replicas=False)  # another controller leads: it supervises the replicas
-            self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards stay whole
+            if registry_kept:
+                self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards whole
             return
         fleet = self._open_fleet()
         result = self.reconciler.cycle(fleet, fence)
@@ -362,15 +365,31 @@ class Daemon:
 
     def _leadership_changed(self, fence: Fence | None) -> None:
         self.metrics.leader.set(1 if fence is not None else 0)
+        lost = self.leadership.registry_lost
         if fence is not None:
             self._say(f"leading (lease {fence.lease}, epoch {fence.epoch})")
+        elif lost is not None:
+            self._say(
+                f"{lost} under this controller: it stopped leading and writes nothing more; /readyz answers 503 "
+                "until fleetd serve is restarted (restore the file first to keep its records)",
+                level=logging.ERROR,
+                event="registry_lost",
+            )
         elif self._stopping.is_set():
             self._say("released the lease")
         else:
-            self._say("not leading; waiting for the lease")
+            self._say(self._waiting_line())
         if fence is None and not self._ready_sent:
             self._ready_sent = notify("READY=1") or True
         self.worker.trigger()
+
+    def _waiting_line(self) -> str:
+        leader = self.leadership.leader()
+        return (
+            f"not leading: {leader} leads; waiting for the lease"
+            if leader
+            else "not leading; waiting for the lease"
+        )
 
     # signals and output -------------------------------------------------------------------------------------
 
@@ -413,7 +432,7 @@ class Daemon:
         return self.metrics.exposition()
 
     def _ready(self) -> bool:
-        if not self.leadership.registry_answered:
+        if not self.leadership.registry_answered or self.leadership.registry_lost is not None:
             return False
         with self._lock:
             return self.leadership.fence is None or self._seen is not None
@@ -428,6 +447,7 @@ class Daemon:
             "epoch": fence.epoch if fence is not None else None,
             "cycles": cycles,
             "last_error": error,
+            "registry_lost": self.leadership.registry_lost,
             "manifest": {"paths": [str(p) for p in self._options.paths]},
             "last_cycle": None,
             "last_plan": None,

@@ -2,7 +2,8 @@
 
 Callers that must compose several writes into one transaction use the query modules directly with
 ``registry.engine.begin()``. ``open_registry`` migrates the schema on start, so a new state dir or database
-just works.
+just works. A SQLite registry comes with its ``InstanceLock`` (``instance_lock.py``): the file's identity as
+opened, and the lock that goes with the controller lease.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from sqlalchemy import Engine
 
 from fleetd.core.observed import NodeStatus, ObservedState
 from fleetd.registry import apply_log, credentials, join_tokens, leases, nodes, pending_ops, replicas, reservations
-from fleetd.registry.engine import open_engine, read_only
+from fleetd.registry.engine import default_database_url, normalise_url, open_engine, read_only, sqlite_file
+from fleetd.registry.instance_lock import InstanceLock
 from fleetd.registry.migrating import upgrade
 from fleetd.registry.snapshots import SnapshotCache, snapshot
 
@@ -29,17 +31,22 @@ def system_clock_ms() -> int:
 
 
 def open_registry(url: str | None = None, *, clock: Clock = system_clock_ms, migrate: bool = True) -> Registry:
-    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date."""
+    """Open the registry at ``url`` (default: SQLite under the state dir) and bring its schema up to date.
+    Raises ``RegistryFileError`` when a SQLite file must not be created now (``instance_lock.check_before_create``)."""
+    url = normalise_url(url or default_database_url())
     engine = open_engine(url)
     if migrate:
         upgrade(engine)
-    return Registry(engine, clock)
+    database = sqlite_file(url)
+    return Registry(engine, clock, InstanceLock(database) if database is not None else None)
 
 
 @dataclass(frozen=True)
 class Registry:
     engine: Engine
     clock: Clock = field(default=system_clock_ms)
+    instance_lock: InstanceLock | None = field(default=None, compare=False)
+    """A SQLite file's instance lock and identity (``None`` for PostgreSQL, whose lease row is the truth)."""
     _single_statements: Engine = field(init=False, repr=False, compare=False)
     _snapshots: SnapshotCache = field(init=False, repr=False, compare=False, default_factory=SnapshotCache)
     """The last snapshot's values, reused by the next one where rows did not change (``registry/snapshots.py``)."""
@@ -173,6 +180,11 @@ class Registry:
     def release_lease(self, name: str, holder: str, epoch: int) -> bool:
         with self.engine.begin() as conn:
             return leases.release(conn, name, holder, epoch)
+
+    def lease_holder(self, name: str, holder: str) -> leases.LeaseInfo | None:
+        """Someone else's unexpired lease ``name``, if any."""
+        with read_only(self.engine) as conn:
+            return leases.held_by_other(conn, name, holder, now_ms=self.clock())
 
     # apply log
     def record_apply(self, entry: apply_log.ApplyRecord, *, lease: str | None = None) -> int:
