@@ -78,6 +78,22 @@ def serve(
     tls_ca: TlsCa = None,
     insecure: Insecure = False,
     log_format: LogFormatOption = LogFormat.LOGFMT,
+    stuck_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stuck-after",
+            help="A cycle without progress this long is stuck: /healthz, /readyz and the systemd watchdog say "
+            "so (default: 5 × --interval, at least 5m; a load's own deadline counts as progress).",
+            show_default=False,
+        ),
+    ] = None,
+    stop_timeout: Annotated[
+        str,
+        typer.Option(
+            "--stop-timeout",
+            help="On SIGTERM, wait this long for the running cycle, then exit 1 without it.",
+        ),
+    ] = "20s",
 ) -> None:
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
     from fleetd.core.units import UnitError, parse_duration_ms
@@ -94,11 +110,16 @@ def serve(
         address = None if http == "off" else parse_address(http)
         bus_listen = parse_address(nats_listen) if nats_listen is not None else None
         liveness = Liveness(parse_duration_ms(unhealthy_after), parse_duration_ms(lost_after), max_replacements)
+        stuck_ms = parse_duration_ms(stuck_after) if stuck_after is not None else None
+        stop_ms = parse_duration_ms(stop_timeout)
     except (UnitError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(EXIT_ERROR) from None
     if interval_ms <= 0 or ttl_ms < 300:
         sys.stderr.write("error: --interval must be positive and --lease-ttl at least 300ms\n")
+        raise typer.Exit(EXIT_ERROR)
+    if (stuck_ms is not None and stuck_ms <= 0) or stop_ms <= 0:
+        sys.stderr.write("error: --stuck-after and --stop-timeout must be positive\n")
         raise typer.Exit(EXIT_ERROR)
     options = ServeOptions(
         paths=tuple(paths or [Path("fleet.yaml")]),
@@ -112,6 +133,8 @@ def serve(
         nats_listen=bus_listen,
         liveness=liveness,
         log_format=log_format,
+        stuck_after_s=stuck_ms / 1000 if stuck_ms is not None else None,
+        stop_timeout_s=stop_ms / 1000,
     )
     if nats and nats_listen:
         sys.stderr.write("error: give --nats (a server to use) or --nats-listen (run one), not both\n")
