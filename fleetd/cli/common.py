@@ -95,9 +95,15 @@ def load_or_exit(paths: Sequence[Path | str]) -> LoadedManifest:
 
 @contextmanager
 def registry_errors(url: str | None) -> Iterator[None]:
-    """Turn a database failure into one line that says where and what, and exit 1 (no traceback)."""
+    """Turn a database failure into one line that says where and what, and exit 1 (no traceback). A SQLite
+    registry file that must not be used as it is (``RegistryFileError``) says so itself, naming the file."""
+    from fleetd.registry.instance_lock import RegistryFileError
+
     try:
         yield
+    except RegistryFileError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None
     except _registry_errors() as exc:
         from fleetd.registry.engine import default_database_url
 
@@ -131,6 +137,10 @@ def _registry_reason(exc: BaseException) -> str:
 _REGISTRY_HINTS = {
     "readonly database": (
         " (this user may not write it: run the command as the user the service runs as, e.g. sudo -u fleetd)"
+    ),
+    "disk I/O error": (
+        " (were its -wal and -shm files left from a deleted database? with no fleetd using it, restore the "
+        "database or move those two files away)"
     ),
     "unable to open database file": (
         " (check that its directory exists and this user may read and write it; the state directory is "

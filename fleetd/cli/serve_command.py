@@ -97,6 +97,22 @@ def serve(
     tls_ca: TlsCa = None,
     insecure: Insecure = False,
     log_format: LogFormatOption = LogFormat.LOGFMT,
+    stuck_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stuck-after",
+            help="A cycle without progress this long is stuck: /healthz, /readyz and the systemd watchdog say "
+            "so (default: 5 × --interval, at least 5m; a load's own deadline counts as progress).",
+            show_default=False,
+        ),
+    ] = None,
+    stop_timeout: Annotated[
+        str,
+        typer.Option(
+            "--stop-timeout",
+            help="On SIGTERM, wait this long for the running cycle, then exit 1 without it.",
+        ),
+    ] = "20s",
 ) -> None:
     """Reconcile continuously: on every manifest change, every --interval, and on SIGHUP."""
     from fleetd.daemon.http_api import parse_address
@@ -106,6 +122,8 @@ def serve(
     from fleetd.transport.bus_api import BusError
     from fleetd.transport.security import SecurityError
 
+    stuck_ms = duration_flag("--stuck-after", stuck_after, at_least_ms=1) if stuck_after is not None else None
+    stop_ms = duration_flag("--stop-timeout", stop_timeout, at_least_ms=1)
     options = ServeOptions(
         paths=tuple(paths or [Path("fleet.yaml")]),
         interval_s=duration_flag("--interval", interval, at_least_ms=1) / 1000,
@@ -118,6 +136,8 @@ def serve(
         nats_listen=parse_flag("--nats-listen", nats_listen, parse_address) if nats_listen is not None else None,
         liveness=_liveness(unhealthy_after, lost_after, max_replacements),
         log_format=log_format,
+        stuck_after_s=stuck_ms / 1000 if stuck_ms is not None else None,
+        stop_timeout_s=stop_ms / 1000,
     )
     if nats and nats_listen:
         sys.stderr.write("error: give --nats (a server to use) or --nats-listen (run one), not both\n")

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from fleetd.controlling.estimating import estimate_vram
 from fleetd.controlling.fleets import Fleet
 from fleetd.controlling.model_checks import plan_checking_models
-from fleetd.core.desired import DesiredState
+from fleetd.core.desired import DesiredState, startup_timeout_ms
 from fleetd.core.observed import ObservedState
 from fleetd.executing import ApplyReport, Fence, apply_plan, save_scheduling
 from fleetd.executing.executor import EventSink
 from fleetd.planning.planner import PlanPolicy, plan
-from fleetd.planning.plans import Plan
+from fleetd.planning.plans import LoadDetails, Plan, RestartDetails
 from fleetd.transport.agent_api import ModelFiles, ProgressSink
+
+STEP_SLACK_S = 120.0
+"""Beyond a load's startup deadline: the agent's calls around it (install check, port, spawn, the reply)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +130,17 @@ def short(value: str) -> str:
     """``sha256:0123456789ab``: a digest as people read it."""
     algorithm, _, hexdigest = value.partition(":")
     return f"{algorithm}:{hexdigest[:12]}" if hexdigest else value or "(none)"
+
+
+def longest_step_s(the_plan: Plan, desired: DesiredState) -> float:
+    """The longest one action of ``the_plan`` may run without finishing: a load's or a restart's startup deadline
+    (scaled with the VRAM the plan gave it, as a controller waiting on a remote load scales it) plus
+    ``STEP_SLACK_S``; 0 for a plan without one. ``fleetd serve`` allows a cycle that long without progress."""
+    health = {spec.name: spec.health for spec in desired.instances}
+    longest = 0.0
+    for action in the_plan.actions:
+        details = action.details
+        if isinstance(details, LoadDetails | RestartDetails) and action.instance in health:
+            deadline_ms = startup_timeout_ms(health[action.instance].startup_timeout_ms, details.vram_bytes)
+            longest = max(longest, deadline_ms / 1000 + STEP_SLACK_S)
+    return longest

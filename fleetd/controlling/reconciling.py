@@ -21,6 +21,7 @@ from fleetd.controlling.sources import ManifestSource, ManifestTracker, PathSour
 from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ObservedState
 from fleetd.executing import ApplyReport, Fence
+from fleetd.executing.executor import EventSink
 from fleetd.executing.report import ActionOutcome
 from fleetd.manifest.revision import Revision
 from fleetd.planning.planner import PlanPolicy
@@ -86,10 +87,16 @@ class Reconciler:
         who: str = "fleetd serve",
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         on_progress: ProgressSink | None = None,
+        on_apply: Callable[[Plan, DesiredState], None] | None = None,
+        on_event: EventSink | None = None,
     ) -> None:
-        """``on_progress`` hears backend installs while a cycle runs them (a pip build can take minutes)."""
+        """``on_progress`` hears backend installs while a cycle runs them (a pip build can take minutes);
+        ``on_apply`` hears a plan about to be applied, and ``on_event`` each of its actions as it ends (so
+        ``fleetd serve`` knows a long cycle still makes progress)."""
         self.manifest = ManifestTracker(PathSource(source) if isinstance(source, Sequence) else source)
         self._on_progress = on_progress
+        self._on_apply = on_apply
+        self._on_event = on_event
         self._policy = policy or PlanPolicy()
         self._who = who
         self._clock_ms = clock_ms
@@ -142,7 +149,17 @@ class Reconciler:
         t2: float,
     ) -> CycleResult:
         t3 = time.perf_counter()
-        applied = apply_once(fleet, desired, the_plan, fence=fence, who=self._who, on_progress=self._on_progress)
+        if self._on_apply is not None and not the_plan.is_empty:
+            self._on_apply(the_plan, desired)
+        applied = apply_once(
+            fleet,
+            desired,
+            the_plan,
+            fence=fence,
+            who=self._who,
+            on_progress=self._on_progress,
+            on_event=self._on_event,
+        )
         t5 = time.perf_counter()
         timings = base.timings
         if applied.report is None or applied.observed is None:

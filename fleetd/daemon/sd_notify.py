@@ -1,8 +1,9 @@
 """systemd's notify protocol (``sd_notify(3)``) without a dependency: one datagram on ``$NOTIFY_SOCKET``.
 
 ``fleetd serve`` and ``fleetd agent`` run as ``Type=notify`` units: it sends ``READY=1`` after its first cycle, and with
-``WatchdogSec=`` set, ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC`` while its loop is alive, so systemd
-restarts a hung controller. Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op.
+``WatchdogSec=`` set, ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC`` while its loop is alive (for ``serve``:
+while its cycles make progress, not merely while its worker thread exists), so systemd restarts a hung
+controller. Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def watchdog_interval_s(*, environ: dict[str, str] | None = None) -> float | Non
 
 
 def watch_until(stopping: threading.Event, alive: Callable[[], bool]) -> None:
-    """Wait for ``stopping``, telling systemd ``WATCHDOG=1`` while ``alive()``, then ``STOPPING=1``."""
+    """Wait for ``stopping``, asking ``alive()`` every second (or every half watchdog timeout, when shorter) and
+    telling systemd ``WATCHDOG=1`` only while it says yes; then ``STOPPING=1``. ``alive()`` is asked even
+    without a watchdog, so that the daemon notices (and says) when its loop stopped making progress."""
     watchdog = watchdog_interval_s()
-    while not stopping.wait(watchdog or 1.0):
-        if watchdog is not None and alive():
+    while not stopping.wait(min(watchdog or 1.0, 1.0)):
+        if alive() and watchdog is not None:
             notify("WATCHDOG=1")
     notify("STOPPING=1")

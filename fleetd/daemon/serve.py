@@ -8,7 +8,14 @@ both supervise one process; an HTTP server answers probes, metrics and status; s
 WATCHDOG.
 
 Shutdown (SIGTERM/SIGINT) stops the triggers, lets the current cycle finish, gives the lease up and closes the
-agent, leaving the replicas running (the next controller adopts them) unless ``stop_on_exit``.
+agent, leaving the replicas running (the next controller adopts them) unless ``stop_on_exit``. The wait for the
+cycle is bounded (``stop_timeout_s``): a cycle that does not finish in time is left behind, said in one line,
+and the process exits 1 at once.
+
+Liveness is progress (issue 15): ``/healthz``, ``/readyz`` and the systemd watchdog say healthy while the
+worker's cycle, if one runs, has moved on within ``stuck_after_s`` (default: 5 intervals, at least 5 minutes),
+or within the deadline of the longest load the cycle applies. An ended action and a backend install's output
+(and its 30 s heartbeats) count as progress.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fleetd.controlling.cycles import longest_step_s
 from fleetd.controlling.distributed import DistributedFleet, Layout, layout_of
 from fleetd.controlling.embedded import EmbeddedFleet
 from fleetd.controlling.heartbeats import LOST_AFTER_MS, UNHEALTHY_AFTER_MS
@@ -32,6 +41,7 @@ from fleetd.controlling.opening import AgentAccess, OpenFleet, fleet_kind, open_
 from fleetd.controlling.reconciling import CycleResult, Reconciler, action_lines, summary_line
 from fleetd.controlling.replica_events import replica_events, still_announced
 from fleetd.controlling.sources import PathSource
+from fleetd.core.desired import DesiredState
 from fleetd.core.observed import ObservedReplica
 from fleetd.core.timestamps import iso_from_ms
 from fleetd.daemon.controller_bus import ControllerBus
@@ -41,8 +51,9 @@ from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.sd_notify import notify, watch_until
 from fleetd.daemon.triggers import CycleWorker, ManifestWatcher, SpacedTrigger, interval_scheduler
 from fleetd.executing import Fence
+from fleetd.executing.report import ActionOutcome
 from fleetd.planning.planner import PlanPolicy
-from fleetd.planning.plans import Unschedulable
+from fleetd.planning.plans import Plan, Unschedulable
 from fleetd.planning.rendering import rejection_words, unschedulable_line
 from fleetd.registry.engine import default_state_dir
 from fleetd.registry.facade import open_registry
@@ -53,6 +64,15 @@ from fleetd.transport.security import INSECURE_MARK
 log = logging.getLogger("fleetd.serve")
 REPLICA_EVENT_GAP_S = 0.25
 """At most four cycles a second come from replica events (crash loops); manifest edits are not spaced."""
+STUCK_AFTER_MIN_S = 300.0
+"""A cycle may go at least this long without progress before the daemon says it is stuck (with 5 intervals)."""
+STOP_TIMEOUT_S = 20.0
+"""How long a stop waits for the running cycle: under the unit's ``TimeoutStopSec=30s``, so fleetd says why."""
+
+
+def default_stuck_after_s(interval_s: float) -> float:
+    """``max(5 × interval, 5 min)``: how long a cycle may go without progress by default."""
+    return max(5 * interval_s, STUCK_AFTER_MIN_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +108,9 @@ class ServeOptions:
     """Run the bundled nats-server here (and use it)."""
     liveness: Liveness = field(default_factory=Liveness)
     log_format: LogFormat = LogFormat.LOGFMT
+    stuck_after_s: float | None = None
+    """A cycle without progress this long is stuck (``None``: ``default_stuck_after_s(interval_s)``)."""
+    stop_timeout_s: float = STOP_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +146,21 @@ class Daemon:
         self._fleet: OpenFleet | None = None
         """Used by the worker thread only (and by ``stop`` after the worker ended)."""
         self._fleet_kind: tuple[bool, str | None] | None = None
+        self._stuck_shown: float | None = None
+        """The allowance a stuck cycle was said to have passed, while it stays stuck."""
+        self.finished = True
+        """Whether the last ``stop`` saw the running cycle finish."""
         self.metrics = Metrics()
         self.reconciler = Reconciler(
             PathSource(options.paths),
             policy=PlanPolicy(max_replacements=options.liveness.max_replacements),
             who=f"serve:{socket.gethostname()}:{os.getpid()}",
             on_progress=self._install_progress,
+            on_apply=self._applying,
+            on_event=self._action_ended,
         )
-        self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed)
+        stuck_after_s = options.stuck_after_s or default_stuck_after_s(options.interval_s)
+        self.worker = CycleWorker(self._cycle, on_error=self._cycle_failed, stuck_after_s=stuck_after_s)
         self._replica_events = SpacedTrigger(self.worker.trigger, min_gap_s=REPLICA_EVENT_GAP_S)
         self._registry = open_registry(self._url)
         self.leadership = Leadership(
@@ -138,6 +168,7 @@ class Daemon:
             f"serve:{socket.gethostname()}:{os.getpid()}",
             ttl_ms=int(options.lease_ttl_s * 1000),
             on_change=self._leadership_changed,
+            lock=self._registry.instance_lock,
         )
         self.watcher = ManifestWatcher(options.paths, self._manifest_changed) if options.watch else None
         self.scheduler = interval_scheduler(self.worker.trigger, interval_s=options.interval_s)
@@ -185,8 +216,8 @@ class Daemon:
             self.bus.start()
         self.worker.start()
         self.leadership.start()
-        if self.leadership.fence is None:
-            self._say("not leading; waiting for the lease")
+        if self.leadership.fence is None and self.leadership.registry_lost is None:
+            self._say(self._waiting_line())
             self._ready_sent = notify("READY=1") or True
         if self.watcher is not None:
             self.watcher.start()
@@ -199,28 +230,44 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         self.start()
-        watch_until(self._stopping, self.worker.alive)
-        self.stop()
-        return 0
+        watch_until(self._stopping, self._alive)
+        return 0 if self.stop() else 1
 
     def request_stop(self) -> None:
         self._stopping.set()
 
-    def stop(self) -> None:
-        """Stop the triggers, finish the current cycle, give the lease up, close the agent and the server."""
+    def stop(self) -> bool:
+        """Stop the triggers, finish the current cycle (waiting at most ``stop_timeout_s``), give the lease up,
+        close the agent and the server. ``False`` when the cycle did not finish: the fleet is then left as the
+        cycle holds it (its agent not closed, its replicas running, the lease left to run out), and the caller
+        must exit at once."""
+        deadline = time.monotonic() + self._options.stop_timeout_s
         self.scheduler.shutdown(wait=False)
         if self.watcher is not None:
-            self.watcher.stop()
+            self.watcher.stop(timeout_s=self._options.stop_timeout_s)
         self._replica_events.cancel()
-        self.worker.stop()
-        self.leadership.stop()
+        busy_s = self.worker.busy_for()
+        self.finished = self.worker.stop(timeout_s=max(0.0, deadline - time.monotonic()))
+        if self.finished:  # else the cycle may hold the registry: the lease runs out by itself after its TTL
+            self.leadership.stop()
         if self.bus is not None:
             self.bus.stop()
-        self._close_fleet(stop_replicas=self._options.stop_on_exit)
-        self._registry.engine.dispose()
+        if self.finished:
+            self._close_fleet(stop_replicas=self._options.stop_on_exit)
+            self._registry.engine.dispose()
         if self.http is not None:
             self.http.stop()
+        if not self.finished:
+            self._say(
+                f"the reconcile cycle did not finish within {self._options.stop_timeout_s:g} s of the stop request "
+                f"(it had run {busy_s or 0:.0f} s by then): exiting without it, status 1; replicas left running "
+                "(the next controller adopts them)",
+                level=logging.ERROR,
+                event="stop_timeout",
+            )
+            return False
         self._say("stopped" + ("; replicas stopped" if self._options.stop_on_exit else "; replicas left running"))
+        return True
 
     @property
     def last_cycle(self) -> CycleResult | None:
@@ -236,10 +283,12 @@ class Daemon:
     # the worker's cycle -------------------------------------------------------------------------------------
 
     def _cycle(self) -> None:
+        registry_kept = self.leadership.verify()  # a vanished SQLite registry ends leading before the cycle
         fence = self.leadership.fence
         if fence is None:
             self._close_fleet(stop_replicas=False)  # another controller leads: it supervises the replicas
-            self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards stay whole
+            if registry_kept:
+                self.metrics.observed(self._registry.snapshot())  # what the leader recorded: dashboards whole
             return
         fleet = self._open_fleet()
         result = self.reconciler.cycle(fleet, fence)
@@ -362,15 +411,31 @@ class Daemon:
 
     def _leadership_changed(self, fence: Fence | None) -> None:
         self.metrics.leader.set(1 if fence is not None else 0)
+        lost = self.leadership.registry_lost
         if fence is not None:
             self._say(f"leading (lease {fence.lease}, epoch {fence.epoch})")
+        elif lost is not None:
+            self._say(
+                f"{lost} under this controller: it stopped leading and writes nothing more; /readyz answers 503 "
+                "until fleetd serve is restarted (restore the file first to keep its records)",
+                level=logging.ERROR,
+                event="registry_lost",
+            )
         elif self._stopping.is_set():
             self._say("released the lease")
         else:
-            self._say("not leading; waiting for the lease")
+            self._say(self._waiting_line())
         if fence is None and not self._ready_sent:
             self._ready_sent = notify("READY=1") or True
         self.worker.trigger()
+
+    def _waiting_line(self) -> str:
+        leader = self.leadership.leader()
+        return (
+            f"not leading: {leader} leads; waiting for the lease"
+            if leader
+            else "not leading; waiting for the lease"
+        )
 
     # signals and output -------------------------------------------------------------------------------------
 
@@ -386,7 +451,32 @@ class Daemon:
         self.worker.trigger()
 
     def _install_progress(self, event: InstallProgress) -> None:
+        self.worker.progress()
         self._say(f"install {event.backend} ({event.step}): {event.message}")
+
+    def _applying(self, plan: Plan, desired: DesiredState) -> None:
+        """A cycle starts applying ``plan``: it may go as long as its longest load without progress."""
+        self.worker.progress(longest_step_s(plan, desired))
+
+    def _action_ended(self, outcome: ActionOutcome) -> None:
+        self.worker.progress()
+
+    def _alive(self) -> bool:
+        """The worker runs and its cycle makes progress; the first time it does not (and when it moves on
+        again), one line says so."""
+        stuck = self.worker.stuck()
+        with self._lock:
+            shown, self._stuck_shown = self._stuck_shown, (stuck[1] if stuck is not None else None)
+        if stuck is not None and shown is None:
+            self._say(
+                f"the reconcile cycle has made no progress for {stuck[0]:.0f} s (allowed {stuck[1]:.0f} s): /healthz "
+                "and /readyz answer 503 and the systemd watchdog is not fed until it moves on",
+                level=logging.ERROR,
+                event="cycle_stuck",
+            )
+        elif stuck is None and shown is not None:
+            self._say("the reconcile cycle moved on again", event="cycle_progress")
+        return stuck is None and self.worker.alive() and not self._stopping.is_set()
 
     def _say(self, line: str, *, level: int = logging.INFO, **fields: FieldValue) -> None:
         log.log(level, line, extra={"fields": fields})
@@ -395,7 +485,7 @@ class Daemon:
 
     def _endpoints(self) -> Endpoints:
         return Endpoints(
-            alive=lambda: self.worker.alive() and not self._stopping.is_set(),
+            alive=self._alive,
             ready=self._ready,
             metrics=self._exposition,
             status=self.status,
@@ -413,7 +503,9 @@ class Daemon:
         return self.metrics.exposition()
 
     def _ready(self) -> bool:
-        if not self.leadership.registry_answered:
+        if not self.leadership.registry_answered or self.leadership.registry_lost is not None:
+            return False
+        if self.worker.stuck() is not None:
             return False
         with self._lock:
             return self.leadership.fence is None or self._seen is not None
@@ -428,6 +520,8 @@ class Daemon:
             "epoch": fence.epoch if fence is not None else None,
             "cycles": cycles,
             "last_error": error,
+            "registry_lost": self.leadership.registry_lost,
+            "cycle_stuck_s": round(stuck[0], 1) if (stuck := self.worker.stuck()) is not None else None,
             "manifest": {"paths": [str(p) for p in self._options.paths]},
             "last_cycle": None,
             "last_plan": None,
@@ -555,5 +649,13 @@ def _replicas_of(fleet: OpenFleet, result: CycleResult) -> tuple[ReplicaStatus, 
 
 
 def serve(options: ServeOptions) -> int:
+    """Run the daemon until stopped; its exit status. When the running cycle did not finish within the stop
+    timeout, the process ends here at once: that cycle's thread (and any it waits on) cannot be joined."""
     configure_logging(sys.stderr, options.log_format)
-    return Daemon(options).run()
+    daemon = Daemon(options)
+    code = daemon.run()
+    if not daemon.finished:
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

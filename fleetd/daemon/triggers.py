@@ -3,7 +3,9 @@
 Every trigger (the APScheduler interval tick, a watchfiles change of the manifest, SIGHUP, a change of
 leadership) only sets one ``Event``; a single worker thread waits on it, clears it and runs a cycle. So cycles
 never overlap, a burst of triggers becomes one cycle, and a trigger that arrives during a cycle causes exactly
-one more cycle after it (the level-triggered reconcile needs no more: it reads everything afresh).
+one more cycle after it (the level-triggered reconcile needs no more: it reads everything afresh). The worker
+also says whether its cycle makes progress (``CycleWorker.stuck``): that, not the thread being there, is what
+the daemon's liveness reports.
 
 The manifest watcher watches both the paths as given and their resolved targets (and their parent
 directories), and restarts its watch when a symlink now points elsewhere: Kubernetes ConfigMaps and many
@@ -29,14 +31,28 @@ WATCH_TIMEOUT_MS = 200
 
 
 class CycleWorker:
-    """Runs ``cycle()`` on its own thread, once per burst of ``trigger()`` calls, one at a time."""
+    """Runs ``cycle()`` on its own thread, once per burst of ``trigger()`` calls, one at a time.
 
-    def __init__(self, cycle: Callable[[], None], *, on_error: Callable[[BaseException], None]) -> None:
+    It is alive while its cycles make progress, not merely while its thread exists: a cycle that has gone
+    ``stuck_after_s`` without ``progress()`` (or longer than the allowance the last ``progress`` gave it) is
+    ``stuck``, so ``/healthz``, ``/readyz`` and the systemd watchdog stop saying it is healthy. The thread is a
+    daemon thread and ``stop`` waits for it at most a given time: a cycle that never returns does not keep the
+    process from ending.
+    """
+
+    def __init__(
+        self, cycle: Callable[[], None], *, on_error: Callable[[BaseException], None], stuck_after_s: float = 300.0
+    ) -> None:
         self._cycle = cycle
         self._on_error = on_error
+        self.stuck_after_s = stuck_after_s
         self._wanted = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetd-worker", daemon=True)
+        self._lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._last_progress = 0.0
+        self._allowance_s = stuck_after_s
 
     def start(self) -> None:
         self._thread.start()
@@ -44,15 +60,40 @@ class CycleWorker:
     def trigger(self) -> None:
         self._wanted.set()
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+    def progress(self, allowance_s: float | None = None) -> None:
+        """The running cycle moved on (an action ended, an install printed a line); ``allowance_s``: it may now
+        go this long without progress (at least ``stuck_after_s``), e.g. the deadline of the loads it starts."""
+        with self._lock:
+            self._last_progress = time.monotonic()
+            if allowance_s is not None:
+                self._allowance_s = max(self.stuck_after_s, allowance_s)
 
-    def stop(self) -> None:
-        """Let the current cycle finish, run no more, and wait for the thread."""
+    def stuck(self) -> tuple[float, float] | None:
+        """(seconds since the running cycle's last progress, the allowance it passed), or ``None`` while the
+        worker is idle or its cycle still within its allowance."""
+        with self._lock:
+            if self._busy_since is None:
+                return None
+            quiet_s = time.monotonic() - self._last_progress
+            return (quiet_s, self._allowance_s) if quiet_s > self._allowance_s else None
+
+    def busy_for(self) -> float | None:
+        """Seconds the running cycle has run, or ``None`` while idle."""
+        with self._lock:
+            return None if self._busy_since is None else time.monotonic() - self._busy_since
+
+    def alive(self) -> bool:
+        """The thread runs and its cycle, if any, is not stuck."""
+        return self._thread.is_alive() and self.stuck() is None
+
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Let the current cycle finish, run no more, and wait for the thread (at most ``timeout_s``); whether
+        it ended."""
         self._stopping.set()
         self._wanted.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -60,10 +101,16 @@ class CycleWorker:
             if self._stopping.is_set():
                 return
             self._wanted.clear()
+            with self._lock:
+                self._busy_since = self._last_progress = time.monotonic()
+                self._allowance_s = self.stuck_after_s
             try:
                 self._cycle()
             except Exception as exc:  # a failed cycle is reported; the next trigger tries again
                 self._on_error(exc)
+            finally:
+                with self._lock:
+                    self._busy_since = None
 
 
 class SpacedTrigger:
@@ -163,10 +210,11 @@ class ManifestWatcher:
         """Whether the watch is in place (within ``timeout_s``): from then on every change is noticed."""
         return self._watching.wait(timeout_s)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop watching; waits for the thread at most ``timeout_s`` (a manifest read has its own deadline)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.is_set():

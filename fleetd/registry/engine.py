@@ -8,14 +8,22 @@ COMMITTED; the queries that must be atomic are single conditional statements, wh
 A SQLite registry this user cannot write (an operator in the service's group reading ``/var/lib/fleetd``) is
 opened read-only by ``open_engine(url, read_only=True)``: nothing is created, not even its directory or the
 WAL's shared-memory file, and no statement writes. ``registry_access`` says which of the two applies.
+
+A writable SQLite file is created once, when the engine is made (and not while another process holds its
+instance lock or a write-ahead log of a deleted database lies beside it: ``instance_lock.check_before_create``);
+every connection then opens it with ``mode=rw``, so a registry deleted under a running process is never
+silently created again by the next pooled connection: that connection fails, and the controller says the file
+is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +32,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+
+from fleetd.registry.instance_lock import check_before_create
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READ_ONLY = "fleetd_read_only"
@@ -135,10 +145,22 @@ def open_engine(url: str | None = None, *, pool_size: int = 5, read_only: bool =
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
+def _create_once(database: Path) -> None:
+    """Make the (missing) registry file, unless ``check_before_create`` refuses (``RegistryFileError``)."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    if database.exists():
+        return
+    check_before_create(database)
+    with contextlib.suppress(FileExistsError):  # another process made it meanwhile: either is fine
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+
+
 def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
     path = sqlite_file(url)
-    if path is not None and not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    existing_only = path is not None and not read_only and not _is_uri(url)
+    if existing_only:
+        assert path is not None
+        _create_once(path)
     # Pooled (the PRAGMAs run once per connection, not per transaction); never share a pooled connection
     # across fork(): fleetd starts processes with exec, and tests and benches spawn.
     options: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
@@ -147,6 +169,9 @@ def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
     elif read_only and not _uri_read_only(url):
         options["creator"] = _read_only_connector(path)
     engine = create_engine(url, **options)
+    if existing_only:
+        assert path is not None
+        _open_existing_only(engine, path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -165,6 +190,17 @@ def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
         connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _open_existing_only(engine: Engine, path: Path) -> None:
+    """Every connection opens the file with ``mode=rw``: one deleted under a running process fails, never
+    comes back empty."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=rw"
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        cargs[:1] = [uri]
+        cparams["uri"] = True
 
 
 def _read_only_connector(path: Path) -> Callable[[], sqlite3.Connection]:

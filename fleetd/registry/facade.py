@@ -2,7 +2,8 @@
 
 Callers that must compose several writes into one transaction use the query modules directly with
 ``registry.engine.begin()``. ``open_registry`` migrates the schema on start, so a new state dir or database
-just works.
+just works. A SQLite registry comes with its ``InstanceLock`` (``instance_lock.py``): the file's identity as
+opened, and the lock that goes with the controller lease.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from sqlalchemy import Engine
 
 from fleetd.core.observed import NodeStatus, ObservedState
 from fleetd.registry import apply_log, credentials, join_tokens, leases, nodes, pending_ops, replicas, reservations
-from fleetd.registry.engine import Access, open_engine, read_only, registry_access
+from fleetd.registry.engine import (
+    Access,
+    default_database_url,
+    normalise_url,
+    open_engine,
+    read_only,
+    registry_access,
+    sqlite_file,
+)
+from fleetd.registry.instance_lock import InstanceLock
 from fleetd.registry.migrating import check_current, upgrade
 from fleetd.registry.snapshots import SnapshotCache, snapshot
 
@@ -46,6 +56,7 @@ def open_registry(
 
     ``read_only``: open such a registry to read it; create and migrate nothing, and raise ``SchemaNotCurrent``
     when its schema is not the newest, since it cannot be upgraded from here."""
+    url = normalise_url(url or default_database_url())
     if not read_only and registry_access(url) is Access.READ_ONLY:
         raise RegistryNotWritable()
     engine = open_engine(url, read_only=read_only)
@@ -57,7 +68,8 @@ def open_registry(
     except BaseException:
         engine.dispose()
         raise
-    return Registry(engine, clock, read_only=read_only)
+    database = sqlite_file(url) if not read_only else None
+    return Registry(engine, clock, read_only=read_only, instance_lock=InstanceLock(database) if database else None)
 
 
 def open_registry_to_read(url: str | None = None, *, clock: Clock = system_clock_ms) -> Registry:
@@ -72,6 +84,9 @@ class Registry:
     clock: Clock = field(default=system_clock_ms)
     read_only: bool = False
     """Opened read-only (``open_registry_to_read`` on a registry this user cannot write): every write fails."""
+    instance_lock: InstanceLock | None = field(default=None, compare=False)
+    """A writable SQLite file's instance lock and identity (``None`` for PostgreSQL, whose lease row is the truth,
+    and for a registry opened read-only, which never leads)."""
     _single_statements: Engine = field(init=False, repr=False, compare=False)
     _snapshots: SnapshotCache = field(init=False, repr=False, compare=False, default_factory=SnapshotCache)
     """The last snapshot's values, reused by the next one where rows did not change (``registry/snapshots.py``)."""
@@ -205,6 +220,11 @@ class Registry:
     def release_lease(self, name: str, holder: str, epoch: int) -> bool:
         with self.engine.begin() as conn:
             return leases.release(conn, name, holder, epoch)
+
+    def other_lease(self, name: str, holder: str) -> leases.LeaseInfo | None:
+        """Someone else's unexpired lease ``name``, if any."""
+        with read_only(self.engine) as conn:
+            return leases.held_by_other(conn, name, holder, now_ms=self.clock())
 
     def lease_holder(self, name: str) -> str | None:
         """Who holds ``name`` now (an unexpired lease), read without taking it."""

@@ -9,12 +9,15 @@ lease simply expires (Terraform's stale-lock problem, designed out with a TTL).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, select, update
 
 from fleetd.registry.dialects import insert_for
 from fleetd.registry.tables import leases
+
+_ROLE = re.compile(r"^[a-z][a-z-]*$")
 
 
 class FencedOut(RuntimeError):
@@ -111,3 +114,24 @@ def held_by_other(conn: Connection, name: str, holder: str, *, now_ms: int) -> L
         select(leases).where(and_(leases.c.name == name, leases.c.expires_ms > now_ms, leases.c.holder != holder))
     ).first()
     return LeaseInfo(row.name, row.holder, int(row.epoch), int(row.expires_ms)) if row is not None else None
+
+
+def parse_holder(holder: str) -> tuple[str, str, int] | None:
+    """(role, host, pid) of a holder id that ``leadership.holder_id`` made (``role:host:pid``); ``None`` for any
+    other id."""
+    role, _, rest = holder.partition(":")
+    host, _, pid = rest.rpartition(":")
+    if not _ROLE.match(role) or not host or not pid.isdigit():
+        return None
+    return role, host, int(pid)
+
+
+def describe_holder(holder: str, epoch: int | None = None) -> str:
+    """``fleetd serve (pid 1234 on host-a, lease epoch 7)`` for ``serve:host-a:1234``; an id that
+    ``leadership.holder_id`` did not make is shown as it is: ``ci-job-4711 (lease epoch 7)``."""
+    parsed = parse_holder(holder)
+    details = [f"pid {parsed[2]} on {parsed[1]}"] if parsed is not None else []
+    if epoch is not None:
+        details.append(f"lease epoch {epoch}")
+    who = f"fleetd {parsed[0]}" if parsed is not None else holder
+    return f"{who} ({', '.join(details)})" if details else who

@@ -1,5 +1,6 @@
-"""The triggers of ``fleetd serve``: the worker runs one cycle per burst, replica events are spaced, and the
-manifest watcher fires on a content change, also through a swapped symlink."""
+"""The triggers of ``fleetd serve``: the worker runs one cycle per burst, is alive only while its cycle makes
+progress and can be left behind by a bounded stop; replica events are spaced, and the manifest watcher fires on
+a content change, also through a swapped symlink."""
 
 from __future__ import annotations
 
@@ -53,6 +54,46 @@ def test_the_worker_runs_one_cycle_for_a_burst_of_triggers() -> None:
     finally:
         worker.stop()
     assert cycles == [0, 1]
+
+
+def test_a_cycle_without_progress_is_stuck_and_progress_or_an_allowance_ends_it() -> None:
+    release = threading.Event()
+
+    def cycle() -> None:
+        release.wait(30)
+
+    worker = CycleWorker(cycle, on_error=lambda exc: None, stuck_after_s=0.3)
+    worker.start()
+    try:
+        assert worker.alive() and worker.stuck() is None  # idle is not stuck
+        worker.trigger()
+        stuck = wait_for(worker.stuck, timeout_s=10, what="the cycle said stuck")
+        assert stuck[0] > 0.3 and stuck[1] == 0.3
+        assert not worker.alive(), "a stuck worker still said alive"
+        worker.progress(allowance_s=60)  # e.g. the cycle starts a load with a long startup deadline
+        assert worker.stuck() is None and worker.alive()
+        release.set()
+        wait_for(lambda: worker.busy_for() is None, timeout_s=10, what="the cycle finished")
+        assert worker.alive()
+    finally:
+        release.set()
+        assert worker.stop(timeout_s=10)
+
+
+def test_a_bounded_stop_leaves_a_cycle_that_never_ends() -> None:
+    never = threading.Event()
+
+    def cycle() -> None:
+        never.wait(60)
+
+    worker = CycleWorker(cycle, on_error=lambda exc: None)
+    worker.start()
+    worker.trigger()
+    wait_for(lambda: worker.busy_for() is not None, timeout_s=10, what="the cycle running")
+    started = time.monotonic()
+    assert worker.stop(timeout_s=0.3) is False
+    assert time.monotonic() - started < 5
+    never.set()
 
 
 def test_a_change_made_while_the_watch_is_set_up_is_not_missed(tmp_path: Path) -> None:
