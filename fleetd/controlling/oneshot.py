@@ -231,7 +231,7 @@ def apply_locked(
     listener: ApplyListener | None = None,
 ) -> ApplyResult:
     """Everything an apply does under the lease; without a listener nothing is shown or asked."""
-    listener = listener or _Silent()
+    listener = listener or SilentListener()
     observed = fleet.observe_settled()
     if request.saved is not None:
         the_plan = request.saved
@@ -271,7 +271,9 @@ def apply_locked(
     return ApplyResult(plan=the_plan, report=applied.report)
 
 
-class _Silent:
+class SilentListener:
+    """An ``ApplyListener`` that approves every plan and says nothing (targeted cycles, tests)."""
+
     def planned(self, plan: Plan) -> None:
         return None
 

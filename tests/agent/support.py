@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,3 +76,23 @@ def kill_all(argument: str) -> None:
         except OSError:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+
+
+@contextlib.contextmanager
+def squatting(address: str, *, timeout_s: float = 10.0) -> Iterator[None]:
+    """Listen on ``HOST:PORT`` as another program would, as soon as it is free (a dead replica's port), until the
+    block ends. Binds as a server does (``SO_REUSEADDR``: the dead replica's connections may be in TIME_WAIT)."""
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+        def bound() -> bool:
+            try:
+                squatter.bind((host, int(port)))
+            except OSError:
+                return False
+            return True
+
+        wait_for(bound, timeout_s=timeout_s, what=f"{address} to be free")
+        squatter.listen()
+        yield

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,14 @@ from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.runtimes.probes import ProbeSpec
 from fleetd.transport.agent_api import LaunchRequest, ReplicaStatus
-from tests.agent.support import fake_backend_executable, fake_manifest, kill_all, processes_with, wait_for
+from tests.agent.support import (
+    fake_backend_executable,
+    fake_manifest,
+    kill_all,
+    processes_with,
+    squatting,
+    wait_for,
+)
 
 
 def chat(
@@ -234,13 +240,9 @@ def test_a_restart_whose_port_was_taken_moves_to_a_free_port(agent: LocalAgent, 
     desired = fake_manifest(fake_backend_executable(tmp_path), instances=chat(restart_delay="2s"))
     first = load(agent, desired)
     assert first.state is ReplicaState.RUNNING and first.pid is not None and first.address is not None
-    host, port = first.address.rsplit(":", 1)
+    port = first.address.rsplit(":", 1)[1]
     os.kill(first.pid, signal.SIGKILL)
-    with socket.socket() as squatter:
-        wait_for(
-            lambda: _bound(squatter, host, int(port)), timeout_s=10, what="the dead replica's port to free up"
-        )
-        squatter.listen()
+    with squatting(first.address):
 
         def running_elsewhere() -> ReplicaStatus | None:
             now = status(agent)
@@ -255,13 +257,3 @@ def test_a_restart_whose_port_was_taken_moves_to_a_free_port(agent: LocalAgent, 
     assert new_port in state["launch"]["argv"]  # the process was started with the new port
     log_text = (tmp_path / "state" / "agent" / "replicas" / "chat.0.log").read_text()
     assert f"--- fleetd: port {port} is taken by another process; restarting on port {new_port}" in log_text
-
-
-def _bound(sock: socket.socket, host: str, port: int) -> bool:
-    """Bind as a server would (``SO_REUSEADDR``: the dead replica's connections may linger in TIME_WAIT)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        return False
-    return True

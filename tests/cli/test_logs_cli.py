@@ -25,12 +25,10 @@ from pathlib import Path
 import pytest
 
 from fleetd.agent.log_reading import replica_log_path, split_lines
-from fleetd.controlling.oneshot import ApplyRequest, apply_fleet
+from fleetd.controlling.oneshot import ApplyRequest, SilentListener, apply_fleet
 from fleetd.controlling.opening import AgentAccess
-from fleetd.executing.report import ActionOutcome
 from fleetd.manifest.loading import load_manifest_text
-from fleetd.planning.plans import Plan
-from fleetd.transport.agent_api import CallerFence, InstallProgress
+from fleetd.transport.agent_api import CallerFence
 from fleetd.transport.grpc_client import GrpcAgentClient
 from fleetd.transport.security import INSECURE
 from tests.agent.remote import AgentProcess, agent_process
@@ -183,25 +181,6 @@ def test_follow_prints_what_the_replica_writes_next_until_ctrl_c(fleet: Fleet) -
 # a node with a `fleetd agent`: the log is streamed over gRPC ---------------------------------------------------
 
 
-class Quiet:
-    """An ``ApplyListener`` that approves everything."""
-
-    def planned(self, plan: Plan) -> None:
-        return None
-
-    def confirm(self, plan: Plan) -> str | None:
-        return None
-
-    def outcome(self, outcome: ActionOutcome) -> None:
-        return None
-
-    def progress(self, event: InstallProgress) -> None:
-        return None
-
-    def waiting(self, holder: str, timeout_s: float) -> None:
-        return None
-
-
 @dataclass(frozen=True)
 class RemoteFleet:
     agent: AgentProcess
@@ -234,7 +213,7 @@ def remote_fleet(tmp_path: Path) -> Iterator[RemoteFleet]:
         result = apply_fleet(
             ApplyRequest(desired, access=AgentAccess(insecure=True)),
             database_url=f"sqlite:///{state / 'fleetd.db'}",
-            listener=Quiet(),
+            listener=SilentListener(),
         )
         assert result.exit_code == 0, result
         reader = GrpcAgentClient("gpu-a", agent.address, INSECURE)

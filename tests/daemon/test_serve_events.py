@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.agent.support import kill_all, wait_for
+from tests.agent.support import kill_all, squatting, wait_for
 from tests.daemon.support import HEALTH, Served, fake_llama_executable, manifest_text
 
 
@@ -146,11 +145,9 @@ def test_serve_says_what_happened_and_why(tmp_path: Path, token: str) -> None:
         assert retried["msg"].startswith("restart crashy/0 on local: failed -> ")
 
         # SIGKILL, and the port taken while the replica is down: it comes back on another port.
-        host, port = first["address"].rsplit(":", 1)
+        port = first["address"].rsplit(":", 1)[1]
         os.kill(first["pid"], signal.SIGKILL)
-        with socket.socket() as squatter:
-            wait_for(lambda: _bind(squatter, host, int(port)), timeout_s=10, what="alpha's port to free up")
-            squatter.listen()
+        with squatting(first["address"]):
             crash = wait_for(
                 lambda: said(
                     served,
@@ -195,13 +192,3 @@ def _failed(served: Served) -> dict[str, Any] | None:
         ),
         None,
     )
-
-
-def _bind(sock: socket.socket, host: str, port: int) -> bool:
-    """Bind as a server would (``SO_REUSEADDR``: the dead replica's connections may linger in TIME_WAIT)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        return False
-    return True
