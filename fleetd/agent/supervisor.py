@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from secrets import token_hex
+from typing import BinaryIO
 
 import psutil
 
@@ -57,6 +58,9 @@ MARKER_VARIABLE = "FLEETD_REPLICA"
 """Set in each replica's environment to ``<instance>/<replica>/<nonce>`` (a new nonce per start, kept in the state
 file): the identity by which a later agent recognises the process, whatever its command line became."""
 LOG_TAIL_LINES = 20
+MIN_SECRET_CHARS = 4
+"""Shorter values are not scrubbed from log tails: replacing every "1" or "on" would garble the text, and a
+secret that short protects nothing."""
 FAST_START_PROBE_S = 0.005
 FAST_START_WINDOW_S = 2.0
 """For its first 2 s a starting replica is probed every 5 ms (a refused connection costs microseconds): a small
@@ -441,7 +445,7 @@ class Supervisor:
         launch = replica.launch
         problem = _unpassable(launch, env)
         try:
-            with replica.log_path.open("ab") as log:
+            with open_private(replica.log_path) as log:
                 log.write(f"--- fleetd: starting {_printable(' '.join(launch.argv))}\n".encode())
                 log.flush()
                 if problem is None:
@@ -497,7 +501,7 @@ class Supervisor:
         replica.launch = with_port(launch, port)
         note = f"port {launch.port} is taken by another process; restarting on port {port}"
         replica.last_error = f"{replica.last_error}; {note}" if replica.last_error else note
-        with contextlib.suppress(OSError), replica.log_path.open("ab") as out:
+        with contextlib.suppress(OSError), open_private(replica.log_path) as out:
             out.write(f"--- fleetd: {note}\n".encode())
         log.warning("replica %s: %s", _name(replica), note)
 
@@ -641,6 +645,9 @@ class Supervisor:
                 self._write_state(replica)
 
     def log_tail(self, replica: _Replica, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
+        """The last lines of the replica's log, with the values of its ``${env:…}`` references replaced by
+        ``***``: a backend that prints its token on the way down must not put it in ``last_error``, the registry,
+        ``status`` or the serve log, which all show this tail."""
         try:
             with replica.log_path.open("rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -648,7 +655,16 @@ class Supervisor:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             return ()
-        return tuple(line for line in text.splitlines() if line.strip())[-lines:]
+        tail = tuple(line for line in text.splitlines() if line.strip())[-lines:]
+        return tuple(scrub(line, self._secret_values(replica.launch)) for line in tail)
+
+    def _secret_values(self, launch: Launch) -> tuple[str, ...]:
+        """What the launch's ``${env:NAME}`` references resolve to now (sent values first), longest first."""
+        names = {name for _key, template in launch.env for name in ENV_REFERENCE.findall(template)}
+        sent = self._secrets.get(launch.key)
+        source: Mapping[str, str] = {**os.environ, **sent.values} if sent is not None else os.environ
+        found = {source[name] for name in names if len(source.get(name, "")) >= MIN_SECRET_CHARS}
+        return tuple(sorted(found, key=len, reverse=True))
 
     def _rotate_log(self, replica: _Replica) -> None:
         """Copy and truncate a log past its size limit; the process keeps its append-mode descriptor."""
@@ -656,7 +672,8 @@ class Supervisor:
             if replica.log_path.stat().st_size <= self._log_max_bytes:
                 return
             rotated = rotated_path(replica.log_path)
-            rotated.write_bytes(replica.log_path.read_bytes())
+            with open_private(rotated, append=False) as copy:
+                copy.write(replica.log_path.read_bytes())
             with replica.log_path.open("r+b") as f:
                 f.truncate(0)
         except OSError:
@@ -693,6 +710,20 @@ def _name(replica: _Replica) -> str:
 
 def _seconds(ms: int) -> str:
     return f"{ms / 1000:g} s"
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def open_private(path: Path, *, append: bool = True) -> BinaryIO:
+    """``path`` opened for writing, created readable by this user only (a replica's log can hold what its
+    backend printed)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o600), "ab" if append else "wb")
 
 
 def describe_exit(code: int) -> str:

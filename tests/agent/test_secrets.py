@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,40 @@ def test_a_load_of_an_adopted_replica_gives_its_restarts_the_value_again(tmp_pat
             second.close(stop_replicas=True)
     finally:
         first.close(stop_replicas=True)
+
+
+def test_a_secret_the_backend_prints_as_it_fails_is_scrubbed_from_what_fleetd_shows(
+    tmp_path: Path, marker: str
+) -> None:
+    """The replica's own log keeps what it printed (readable by this user only); the tail that becomes
+    ``last_error`` (and from there the registry, ``status``, ``/status`` and the serve log) shows ``***``."""
+    script = tmp_path / f"{marker}.sh"
+    script.write_text(f'#!/bin/sh\necho "error: token $TOKEN rejected ({marker})"\nexit 3\n')
+    script.chmod(0o755)
+    desired = fake_manifest(
+        fake_backend_executable(tmp_path),
+        instances=(
+            "  chat:\n"
+            "    backend: fake\n"
+            f"    model: org/{marker}\n"
+            "    vram: 1GiB\n"
+            "    max_restarts: 0\n"
+            f"    command_override: [{script}]\n"
+            f"    environment: {{TOKEN: '${{env:{NAME}}}'}}\n"
+        ),
+    )
+    spec, backend = desired.instance("chat"), desired.backend("fake")
+    assert spec is not None and backend is not None
+    req = LaunchRequest(spec, backend, 0, config_hash(spec, backend))
+    local = started_agent(tmp_path, req)
+    try:
+        local.load(req, secrets={NAME: VALUE}, timeout_s=0.01)
+        failed = wait_for(lambda: in_state(local, ReplicaState.FAILED), timeout_s=20, what="the replica to fail")
+        assert failed.last_error is not None
+        assert "error: token *** rejected" in failed.last_error
+        assert VALUE not in failed.last_error and not any(VALUE in line for line in failed.log_tail)
+        log = tmp_path / "state" / "agent" / "replicas" / "chat.0.log"
+        assert VALUE in log.read_text()  # the replica's own output, as it wrote it
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    finally:
+        local.close(stop_replicas=True)
