@@ -101,6 +101,7 @@ def serve(
         str | None,
         typer.Option(
             "--stuck-after",
+            metavar="DURATION",
             help="A cycle without progress this long is stuck: /healthz, /readyz and the systemd watchdog say "
             "so (default: 5 × --interval, at least 5m; a load's own deadline counts as progress).",
             show_default=False,
@@ -110,6 +111,7 @@ def serve(
         str,
         typer.Option(
             "--stop-timeout",
+            metavar="DURATION",
             help="On SIGTERM, wait this long for the running cycle, then exit 1 without it.",
         ),
     ] = "20s",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from fleetd.registry.engine import Access, open_engine, registry_access, sqlite_file
-from fleetd.registry.facade import open_registry, open_registry_to_read
+from fleetd.registry.facade import open_registry
 from fleetd.registry.migrating import SchemaNotCurrent, head_revision, stored_revision, upgrade
+from tests.cli.support import unprivileged
 
-AS_ROOT = os.geteuid() == 0
 
 
 def make_registry(path: Path, revision: str = "head") -> str:
@@ -122,18 +124,38 @@ def test_the_revision_of_a_missing_registry_is_read_without_creating_it(tmp_path
     assert not (tmp_path / "state").exists()
 
 
-@pytest.mark.skipif(
-    AS_ROOT, reason="root writes through file permissions (tests/cli run this case through setpriv)"
-)
+PERMISSIONS_CHECK = """
+import sys
+from fleetd.registry.engine import Access, registry_access
+from fleetd.registry.facade import open_registry_to_read
+from fleetd.registry.migrating import head_revision, stored_revision
+
+url = sys.argv[1]
+assert registry_access(url) is Access.READ_ONLY, registry_access(url)
+registry = open_registry_to_read(url)
+try:
+    assert registry.read_only
+    assert registry.snapshot().replicas == ()
+finally:
+    registry.engine.dispose()
+assert stored_revision(url) == head_revision()
+print("read-only, read")
+"""
+
+
 def test_file_permissions_make_a_registry_read_only(read_only_dir: Path) -> None:
+    """Run in a process for which file permissions apply (for root: through setpriv, without the capabilities
+    that let root write any file)."""
     url = f"sqlite:///{read_only_dir / 'fleetd.db'}"
     before = listing(read_only_dir)
-    assert registry_access(url) is Access.READ_ONLY
-    registry = open_registry_to_read(url)
-    try:
-        assert registry.read_only
-        assert registry.snapshot().replicas == ()
-    finally:
-        registry.engine.dispose()
-    assert stored_revision(url) == head_revision()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    checked = subprocess.run(
+        unprivileged([sys.executable, "-c", PERMISSIONS_CHECK, url]),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert (checked.returncode, checked.stdout) == (0, "read-only, read\n"), checked.stderr
     assert listing(read_only_dir) == before
