@@ -21,7 +21,6 @@ from fleetd.registry.migrating import SchemaNotCurrent, head_revision, stored_re
 from tests.cli.support import unprivileged
 
 
-
 def make_registry(path: Path, revision: str = "head") -> str:
     url = f"sqlite:///{path}"
     engine = open_engine(url)
