@@ -78,7 +78,7 @@ def _read(path: Path) -> int:
 
 
 def _write(path: Path, epoch: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as stream:
         stream.write(f"{epoch}\n")

@@ -126,7 +126,7 @@ def _store_certificate(state_dir: Path, node: str, pending: NodeRequest, reply: 
 
 
 def _store(path: Path, credential: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as stream:

@@ -82,7 +82,7 @@ def open_embedded(
     in the embedded mode the machine fleetd runs on is trusted by definition. ``on_replica_change`` hears the
     agent's replica events (``fleetd serve`` runs a cycle on each)."""
     state = state_dir or default_state_dir()
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = open_registry(database_url or f"sqlite:///{state / 'fleetd.db'}")
     agent = LocalAgent(node, state, on_replica_change=on_replica_change)
     agent.start()

@@ -88,7 +88,7 @@ def open_fleet(
     so that ``serve`` follows edits of the nodes' addresses and new joins. ``sweeps``: see ``DistributedFleet``.
     Raises ``SecurityError`` when the fleet has remote nodes and ``access`` cannot be used."""
     state = state_dir or default_state_dir()
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = open_registry(database_url or f"sqlite:///{state / 'fleetd.db'}")
     initial = layout() if layout is not None else layout_of(desired, joined=registry.joined_nodes())
     if not initial.distributed:

@@ -136,7 +136,7 @@ class AgentDaemon:
         host = split_address(listen)[0]
         self.address = f"{host}:{server.port}"
         address_file = config.state_dir / "agent" / "address"
-        address_file.parent.mkdir(parents=True, exist_ok=True)
+        address_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         address_file.write_text(self.address + "\n")
         if config.bus is not None and self.bus is None:
             self._start_bus(config.advertise or self.address, request_certificate=self._renew)

@@ -116,7 +116,7 @@ class BundledNats:
                 raise RuntimeError(f"the NATS server on {self.address} is already started")
             self._stopping.clear()
         executable = self._executable or nats_server_path()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._lock:
             process, offset = self._launch(executable)
             self._process = process

@@ -125,7 +125,7 @@ class Daemon:
     def __init__(self, options: ServeOptions) -> None:
         self._options = options
         self._state_dir = options.state_dir or default_state_dir()
-        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._url = options.database_url or f"sqlite:///{self._state_dir / 'fleetd.db'}"
         self._stopping = threading.Event()
         self._lock = threading.Lock()

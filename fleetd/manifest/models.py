@@ -76,6 +76,13 @@ def _duration(value: Any) -> Any:
     return parse_duration_ms(value) if isinstance(value, str | int) else value
 
 
+def _positive_duration(value: Any) -> Any:
+    parsed = _duration(value)
+    if parsed == 0 and not isinstance(parsed, bool):
+        raise ValueError(f"must be longer than 0, got {value!r}")
+    return parsed
+
+
 def _idle_timeout(value: Any) -> Any:
     return parse_duration_ms(value, bare_unit_ms=60_000) if isinstance(value, str | int) else value
 
@@ -193,6 +200,10 @@ _DURATION_SCHEMA = {
     "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": 0}],
     "description": "A duration: '500ms', '30s', '5m', '1h', or a bare integer of seconds.",
 }
+_POSITIVE_DURATION_SCHEMA = {
+    "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": 1}],
+    "description": "A duration longer than 0: '500ms', '30s', '5m', '1h', or a bare integer of seconds.",
+}
 _IDLE_SCHEMA = {
     "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": 0}],
     "description": "Unload after this long without requests; 0 = never. A bare integer means minutes.",
@@ -224,6 +235,9 @@ EnvValue = Annotated[
 _AS_DURATION = PlainSerializer(format_duration, return_type=str, when_used="json")
 
 Duration = Annotated[int, BeforeValidator(_duration), _AS_DURATION, WithJsonSchema(_DURATION_SCHEMA)]
+PositiveDuration = Annotated[
+    int, BeforeValidator(_positive_duration), _AS_DURATION, WithJsonSchema(_POSITIVE_DURATION_SCHEMA)
+]
 IdleTimeout = Annotated[int, BeforeValidator(_idle_timeout), _AS_DURATION, WithJsonSchema(_IDLE_SCHEMA)]
 Vram = Annotated[
     int | Literal["auto"],
@@ -264,9 +278,9 @@ class _Model(BaseModel):
 class Health(_Model):
     """Health probing; each unset field comes from ``defaults.health``, then from fleetd's built-in value."""
 
-    interval: Duration | None = Field(None, description="Time between probes of a running replica (10s).")
-    timeout: Duration | None = Field(None, description="A probe slower than this fails, unless busy (5s).")
-    startup_timeout: Duration | None = Field(
+    interval: PositiveDuration | None = Field(None, description="Time between probes of a running replica (10s).")
+    timeout: PositiveDuration | None = Field(None, description="A probe slower than this fails, unless busy (5s).")
+    startup_timeout: PositiveDuration | None = Field(
         None,
         description="How long a replica may take to become healthy (10m; scaled by model size with vram: auto).",
     )

@@ -147,12 +147,12 @@ def open_engine(url: str | None = None, *, pool_size: int = 5, read_only: bool =
 
 def _create_once(database: Path) -> None:
     """Make the (missing) registry file, unless ``check_before_create`` refuses (``RegistryFileError``)."""
-    database.parent.mkdir(parents=True, exist_ok=True)
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if database.exists():
         return
     check_before_create(database)
     with contextlib.suppress(FileExistsError):  # another process made it meanwhile: either is fine
-        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def _sqlite_engine(url: str, *, read_only: bool) -> Engine:

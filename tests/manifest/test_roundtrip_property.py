@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from fleetd.core.desired import BackendType
 from fleetd.core.diagnostics import Diagnostic
+from fleetd.core.units import UnitError, parse_duration_ms
 from fleetd.manifest.dumping import dump_manifest
 from fleetd.manifest.loading import LoadedManifest, load_manifest_text
 from fleetd.runtimes import RUNTIMES
@@ -59,6 +60,15 @@ AWKWARD_TEXT = st.text(
 )
 
 
+def _is_zero_duration(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    try:
+        return parse_duration_ms(value) == 0
+    except UnitError:
+        return False
+
+
 class _TextDumper(yaml.SafeDumper):
     """The test's own YAML writer; PyYAML folds a raw NEL/LS/PS in a quoted scalar into a space, so strings
     holding one are written double-quoted (escaped). Without this the *input* would already be mangled."""
@@ -92,8 +102,14 @@ class _Gen:
 
     # --- units -----------------------------------------------------------------------------------------
 
-    def duration(self, *, bare_minutes: bool = False) -> Any:
-        """A duration in one of its spellings; in noisy examples sometimes a wrong one."""
+    def duration(self, *, bare_minutes: bool = False, positive: bool = False) -> Any:
+        """A duration in one of its spellings; in noisy examples sometimes a wrong one. ``positive``: never 0
+        (health's durations), except as a wrong one."""
+        if positive:
+            if self.bad():
+                return self.draw(st.sampled_from(["0s", 0, "0ms"]))
+            value = self.duration(bare_minutes=bare_minutes)
+            return "1s" if _is_zero_duration(value) else value
         if self.bad():
             return self.draw(st.sampled_from(["5 sec", "-1s", "5S", "1.5ms", "ten", "367d", True, 1.5, "0.0001s"]))
         n = st.integers(0, 600)
@@ -241,7 +257,7 @@ class _Gen:
         health: dict[str, Any] = {}
         for key in ("interval", "timeout", "startup_timeout"):
             if self.maybe():
-                health[key] = self.duration()
+                health[key] = self.duration(positive=True)
         if self.maybe():
             health["failure_threshold"] = self.draw(st.integers(1, 10)) if not self.bad() else 0
         return health
