@@ -9,12 +9,14 @@ import socket
 import stat
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import psutil
 
+from fleetd.agent.local import LocalAgent
 from fleetd.core.desired import DesiredState
 from fleetd.manifest.loading import load_manifest_text
 
@@ -96,3 +98,21 @@ def squatting(address: str, *, timeout_s: float = 10.0) -> Iterator[None]:
         wait_for(bound, timeout_s=timeout_s, what=f"{address} to be free")
         squatter.listen()
         yield
+
+
+def marked(prefix: str) -> Iterator[str]:
+    """A unique word for one test's replicas (in their model or command line); whatever carries it is killed
+    afterwards. For a fixture: ``yield from marked("adopt")``."""
+    value = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    try:
+        yield value
+    finally:
+        kill_all(value)
+
+
+def started_agent(state: Path) -> LocalAgent:
+    """A started ``LocalAgent`` (node-1) on ``state``. Its ports come from the default range: the machine-wide
+    port reservations keep test runs side by side from sharing one."""
+    agent = LocalAgent("node-1", state, stable_after_s=2.0)
+    agent.start()
+    return agent

@@ -18,7 +18,6 @@ import psutil
 import pytest
 
 from fleetd.agent.local import LocalAgent
-from fleetd.agent.ports import PortAllocator
 from fleetd.agent.supervisor import Launch
 from fleetd.core.desired import BackendType, HealthPolicy, RestartPolicy
 from fleetd.core.observed import ReplicaState
@@ -28,28 +27,16 @@ from tests.agent.support import (
     FAKE_BACKEND,
     fake_backend_executable,
     fake_manifest,
-    kill_all,
+    marked,
     processes_with,
+    started_agent,
     wait_for,
 )
 
 
 @pytest.fixture
 def marker() -> Iterator[str]:
-    """A unique word in this test's replicas' command lines; whatever carries it is killed afterwards."""
-    value = f"adopt-{uuid.uuid4().hex[:10]}"
-    try:
-        yield value
-    finally:
-        kill_all(value)
-
-
-def started_agent(state: Path) -> LocalAgent:
-    """An agent on ``state`` with ports from a random block (test runs side by side must not share ports)."""
-    first = 26000 + 50 * (uuid.uuid4().int % 100)
-    agent = LocalAgent("node-1", state, ports=PortAllocator(first, first + 49), stable_after_s=2.0)
-    agent.start()
-    return agent
+    yield from marked("adopt")
 
 
 def wrapper_request(tmp_path: Path, marker: str) -> LaunchRequest:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import psutil
 import pytest
 
 from fleetd.agent.local import LocalAgent
-from fleetd.agent.ports import PortAllocator
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.transport.agent_api import LaunchRequest, ReplicaStatus
@@ -23,27 +21,16 @@ from tests.agent.support import (
     FAKE_BACKEND,
     fake_backend_executable,
     fake_manifest,
-    kill_all,
+    marked,
     processes_with,
+    started_agent,
     wait_for,
 )
 
 
 @pytest.fixture
 def marker() -> Iterator[str]:
-    value = f"groups-{uuid.uuid4().hex[:10]}"
-    try:
-        yield value
-    finally:
-        kill_all(value)
-
-
-def started_agent(state: Path) -> LocalAgent:
-    """An agent on ``state`` with ports from a random block (test runs side by side must not share ports)."""
-    first = 30000 + 50 * (uuid.uuid4().int % 50)
-    local = LocalAgent("node-1", state, ports=PortAllocator(first, first + 49), stable_after_s=2.0)
-    local.start()
-    return local
+    yield from marked("groups")
 
 
 @pytest.fixture

@@ -11,29 +11,29 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleetd.agent.local import LocalAgent
-from fleetd.agent.ports import PortAllocator
 from fleetd.agent.supervisor import MARKER_VARIABLE
 from fleetd.core.observed import ReplicaState
 from fleetd.planning.launch_config import config_hash
 from fleetd.transport.agent_api import LaunchRequest, ReplicaStatus
-from tests.agent.support import fake_backend_executable, fake_manifest, kill_all, processes_with, wait_for
+from tests.agent.support import (
+    fake_backend_executable,
+    fake_manifest,
+    marked,
+    processes_with,
+    started_agent,
+    wait_for,
+)
 
 
 @pytest.fixture
 def marker() -> Iterator[str]:
-    """A unique word in this test's replicas' command lines; whatever carries it is killed afterwards."""
-    value = f"records-{uuid.uuid4().hex[:10]}"
-    try:
-        yield value
-    finally:
-        kill_all(value)
+    yield from marked("records")
 
 
 @pytest.fixture
@@ -43,14 +43,6 @@ def agent(tmp_path: Path) -> Iterator[LocalAgent]:
         yield local
     finally:
         local.close(stop_replicas=True)
-
-
-def started_agent(state: Path) -> LocalAgent:
-    """An agent on ``state`` with ports from a random block (test runs side by side must not share ports)."""
-    first = 28000 + 50 * (uuid.uuid4().int % 90)
-    local = LocalAgent("node-1", state, ports=PortAllocator(first, first + 49), stable_after_s=2.0)
-    local.start()
-    return local
 
 
 def request(tmp_path: Path, marker: str) -> LaunchRequest:
